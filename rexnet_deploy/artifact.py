@@ -1,0 +1,233 @@
+"""The engine artifact: a directory of payload files plus ``manifest.json``.
+
+Written atomically: everything goes into a hidden temporary sibling of ``--out`` that is renamed
+into place at the end, so a failed or interrupted build leaves nothing at ``--out``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ArtifactError, BuildError
+
+MANIFEST = "manifest.json"
+FORMAT = "rexnet-deploy-engine"
+SCHEMA = 1
+# mkdtemp/mkstemp create 0700/0600; published artifacts get the permissions of ordinary files
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def to_json(data: Any) -> str:
+    """Strict JSON (no NaN/Infinity tokens, which other parsers reject): non-finite floats → null."""
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {str(k): clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+    return json.dumps(clean(data), indent=2, allow_nan=False) + "\n"
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(to_json(data))
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def environment(**versions: str | None) -> dict[str, Any]:
+    """The build environment: Python, platform, CPU, and the library versions passed in."""
+    from . import __version__
+
+    env = {
+        "rexnet_deploy": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+    }
+    try:
+        import numpy
+
+        env["numpy"] = numpy.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    env.update({k: v for k, v in versions.items() if v})
+    return env
+
+
+def cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+@dataclass
+class Artifact:
+    """A loaded artifact directory and its manifest."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def backend(self) -> str:
+        return self.manifest["backend"]
+
+    @property
+    def precision(self) -> str:
+        return self.manifest["precision"]
+
+    def save_manifest(self) -> None:
+        write_json_atomic(self.path / MANIFEST, self.manifest)
+
+    def set_report(self, kind: str, report: dict[str, Any]) -> None:
+        """Store a check/bench report in the manifest (re-read first: another process may have written)."""
+        fresh = read_manifest(self.path)
+        fresh.setdefault("reports", {})[kind] = report
+        self.manifest = fresh
+        self.save_manifest()
+
+
+def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
+    root = Path(path)
+    if not root.exists():
+        raise ArtifactError(f"no such artifact: {root}")
+    if not root.is_dir():
+        raise ArtifactError(f"not an engine artifact (expected a folder with {MANIFEST}): {root}")
+    mf = root / MANIFEST
+    if not mf.is_file():
+        raise ArtifactError(f"not an engine artifact (no {MANIFEST}): {root}")
+    try:
+        manifest = json.loads(mf.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"unreadable manifest {mf}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ArtifactError(f"not a rexnet-deploy artifact (foreign manifest): {mf}")
+    schema = manifest.get("schema")
+    if not isinstance(schema, int):
+        raise ArtifactError(f"manifest without a schema version: {mf}")
+    if schema > SCHEMA:
+        raise ArtifactError(
+            f"artifact schema {schema} is newer than this rexnet-deploy understands ({SCHEMA}); upgrade rexnet-deploy"
+        )
+    for key in ("backend", "precision", "model", "input", "outputs", "files"):
+        if key not in manifest:
+            raise ArtifactError(f"manifest {mf} lacks '{key}'")
+    return manifest
+
+
+def load_artifact(path: str | os.PathLike, *, verify: bool = True) -> Artifact:
+    """Read and validate ``manifest.json``; with ``verify``, check every payload file's sha256."""
+    root = Path(path)
+    manifest = read_manifest(root)
+    if verify:
+        verify_files(root, manifest["files"])
+    return Artifact(root, manifest)
+
+
+def verify_files(root: Path, files: dict[str, str]) -> None:
+    for name, expected in files.items():
+        target = (root / name).resolve()
+        if root.resolve() not in target.parents:
+            raise ArtifactError(f"manifest names a file outside the artifact: {name}")
+        if not target.is_file():
+            raise ArtifactError(f"artifact {root} is missing its payload file {name}")
+        actual = file_sha256(target)
+        if actual != expected:
+            raise ArtifactError(
+                f"checksum mismatch for {root / name} (sha256 {actual[:12]}…, manifest says {expected[:12]}…): "
+                "the artifact was modified or damaged; rebuild it"
+            )
+
+
+class ArtifactWriter:
+    """Collects payload files in a temporary directory; ``commit`` writes the manifest and renames."""
+
+    def __init__(self, out: str | os.PathLike, *, force: bool = False):
+        self.out = Path(out).expanduser()
+        if self.out.exists() and not force:
+            raise BuildError(f"--out {self.out} already exists (pass --force to replace it)")
+        if self.out.exists() and not self.out.is_dir():
+            raise BuildError(f"--out {self.out} exists and is not a folder")
+        if self.out.exists() and force and any(self.out.iterdir()) and not (self.out / MANIFEST).exists():
+            # --force replaces an artifact, never an unrelated folder full of someone's files
+            raise BuildError(f"--out {self.out} is a non-empty folder that is not an artifact; refusing to replace it")
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(dir=self.out.parent, prefix=f".{self.out.name}.building-"))
+
+    def path(self, name: str) -> Path:
+        return self.tmp / name
+
+    def finalize(self, manifest: dict[str, Any]) -> Artifact:
+        """Checksum the payload and write the manifest, still in the temporary directory, so the
+        engine can be loaded and checked before it is published."""
+        files = {}
+        for p in sorted(self.tmp.rglob("*")):
+            if p.is_file() and p.name != MANIFEST:
+                files[p.relative_to(self.tmp).as_posix()] = file_sha256(p)
+        manifest = {"format": FORMAT, "schema": SCHEMA,
+                    "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                    **manifest, "files": files}
+        manifest.setdefault("reports", {})
+        self.artifact = Artifact(self.tmp, manifest)
+        self.artifact.save_manifest()
+        return self.artifact
+
+    def publish(self) -> Artifact:
+        """Rename the finished artifact into place at ``out``."""
+        os.chmod(self.tmp, 0o777 & ~_UMASK)
+        if self.out.exists():
+            # swap: old aside, new in, old removed — a crash in between leaves one of them whole
+            trash = Path(tempfile.mkdtemp(dir=self.out.parent, prefix=f".{self.out.name}.old-"))
+            os.replace(self.out, trash / "old")
+            os.replace(self.tmp, self.out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(self.tmp, self.out)
+        self.artifact.path = self.out
+        return self.artifact
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> "ArtifactWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.tmp.exists():
+            self.abort()
+

@@ -1,0 +1,86 @@
+"""The one table of backends. Adding a backend is one module here and one row below.
+
+Each backend module exposes the same two things (compare Polygraphy's one runner per backend and
+Ultralytics' export-format table):
+
+* ``build(ref, spec, writer, log) -> dict`` — compile the reference model into payload files in
+  ``writer`` and return the backend's part of the manifest;
+* ``ENGINE`` — the :class:`rexnet_deploy.engine.Engine` subclass that ``Engine.load`` returns.
+
+Modules are imported only when used, so a missing backend library never breaks the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+from types import ModuleType
+
+from ..errors import ArtifactError, BackendUnavailable, UsageError
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    name: str
+    module: str
+    precisions: tuple[str, ...]
+    extra: str                      # pip extra that installs what the runtime needs
+    runtime_imports: tuple[str, ...]  # modules the runtime needs (checked before importing)
+    build_imports: tuple[str, ...]    # modules a build needs beyond the runtime's
+    summary: str
+
+    def available(self, *, for_build: bool = False) -> bool:
+        mods = self.runtime_imports + (self.build_imports if for_build else ())
+        return all(importlib.util.find_spec(m) is not None for m in mods)
+
+
+BACKENDS: dict[str, BackendInfo] = {
+    "torchscript": BackendInfo(
+        name="torchscript",
+        module="rexnet_deploy.backends.torchscript",
+        precisions=("fp32", "fp16"),
+        extra="torchscript",
+        runtime_imports=("torch",),
+        build_imports=("timm",),
+        summary="traced + frozen TorchScript (libtorch services load it); FP16 on CUDA",
+    ),
+}
+ALIASES = {"ts": "torchscript", "jit": "torchscript"}
+
+
+def get(name: str) -> BackendInfo:
+    key = ALIASES.get(name, name)
+    if key not in BACKENDS:
+        raise UsageError(f"unknown backend {name!r} (available: {', '.join(BACKENDS)})")
+    return BACKENDS[key]
+
+
+def check_precision(info: BackendInfo, precision: str) -> None:
+    if precision not in info.precisions:
+        raise UsageError(
+            f"backend {info.name} does not support {precision} (it supports {', '.join(info.precisions)})"
+        )
+
+
+def load_module(info: BackendInfo, *, for_build: bool = False) -> ModuleType:
+    """Import a backend module, turning a missing library into one clear line naming the extra."""
+    mods = info.runtime_imports + (info.build_imports if for_build else ())
+    missing = [m for m in mods if importlib.util.find_spec(m) is None]
+    if missing:
+        extra = "build" if for_build and set(missing) <= set(info.build_imports) else info.extra
+        raise BackendUnavailable(
+            f"the {info.name} backend needs {', '.join(missing)}, which is not installed: "
+            f"pip install 'rexnet-deploy[{extra}]'"
+        )
+    return importlib.import_module(info.module)
+
+
+def for_artifact(backend: str) -> BackendInfo:
+    """The backend of a manifest; an unknown one means a foreign or newer artifact."""
+    try:
+        return get(backend)
+    except UsageError:
+        raise ArtifactError(
+            f"artifact backend {backend!r} is not known to this rexnet-deploy (known: {', '.join(BACKENDS)})"
+        ) from None

@@ -1,0 +1,135 @@
+"""TorchScript backend: trace + freeze (+ optimize_for_inference on CPU). FP32 on CPU, FP16 on CUDA.
+
+The file stores the frozen module; ``optimize_for_inference`` (MKLDNN conv prepacking) is applied
+when the engine is loaded on CPU, because a module saved after it fails to load again
+("required keyword attribute 'value' is undefined", torch 2.14).
+
+torch 2.14 deprecates ``torch.jit.trace`` in favour of ``torch.export``, but libtorch (C++)
+services load TorchScript files and nothing else, so this backend keeps it and keeps the
+deprecation noise away from users. The artifact records the torch version needed to load it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import Any, Callable
+
+import numpy as np
+
+from ..engine import Engine
+from ..errors import BackendUnavailable, BuildError, UsageError
+
+PAYLOAD = "model.ts"
+
+
+@contextlib.contextmanager
+def _quiet_jit():
+    """Silence TorchScript's deprecation and tracer warnings (they are about our use, not the user's)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=".*TorchScript.*")
+        warnings.filterwarnings("ignore", message=".*torch.jit.*")
+        import torch
+
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        yield
+
+
+def _torch_version() -> tuple[int, int]:
+    import torch
+
+    major, minor = torch.__version__.split("+")[0].split(".")[:2]
+    return int(major), int(minor)
+
+
+def build(ref, spec, writer, log: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
+    """Trace the reference module into ``model.ts`` and prove it equals the reference at two batch sizes."""
+    import torch
+
+    if spec.precision == "fp16" and spec.device != "cuda":
+        raise UsageError("TorchScript FP16 needs --device cuda (FP16 convolutions on CPU are slow and not supported here)")
+    if spec.device == "cuda" and not torch.cuda.is_available():
+        raise BackendUnavailable("--device cuda was asked for, but torch sees no CUDA GPU on this host")
+    if spec.device not in ("cpu", "cuda"):
+        raise UsageError(f"unknown device {spec.device!r} for torchscript (cpu or cuda)")
+    dtype = torch.float16 if spec.precision == "fp16" else torch.float32
+    device = torch.device(spec.device)
+
+    module = ref.module.to(device=device, dtype=dtype).eval()
+    c, h, w = ref.data_config.input_size
+    # trace at batch 2, so no size-1 batch dimension gets baked into the graph
+    example = torch.randn(2, c, h, w, generator=torch.Generator().manual_seed(0)).to(device, dtype)
+    log("tracing and freezing")
+    with _quiet_jit(), torch.inference_mode(False), torch.no_grad():
+        traced = torch.jit.trace(module, example, check_trace=False)
+        frozen = torch.jit.freeze(traced.eval())
+        torch.jit.save(frozen, str(writer.path(PAYLOAD)))
+        # dynamic batch: the saved file, loaded as the runtime loads it, must match eager
+        reloaded = _load(str(writer.path(PAYLOAD)), spec.device)
+        lo, hi = spec.batch
+        for n in sorted({lo, min(hi, 3)}):
+            x = torch.randn(n, c, h, w, generator=torch.Generator().manual_seed(n)).to(device, dtype)
+            got, want = _as_list(reloaded(x)), _as_list(module(x))
+            for g, e in zip(got, want):
+                if g.shape != e.shape or not torch.allclose(g.float(), e.float(), rtol=1e-2, atol=1e-2 if dtype == torch.float16 else 1e-3):
+                    raise BuildError(f"the traced TorchScript module differs from eager at batch {n}; cannot build")
+    module.to(device="cpu", dtype=torch.float32)
+    major, minor = _torch_version()
+    return {
+        "payload": PAYLOAD,
+        "backend_config": {"traced": True, "frozen": True, "optimize_for_inference": "on load" if spec.device == "cpu" else False,
+                           "device": spec.device, "dtype": str(dtype).replace("torch.", "")},
+        "runtime": {"torch": f">={major}.{minor}"},
+        "environment": {"torch": torch.__version__},
+    }
+
+
+def _load(path: str, device: str):
+    import torch
+
+    module = torch.jit.load(path, map_location=device).eval()
+    if device == "cpu":
+        module = torch.jit.optimize_for_inference(module)
+    return module
+
+
+def _as_list(out) -> list:
+    return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+class TorchScriptEngine(Engine):
+    def _setup(self, **options: Any) -> None:
+        import torch
+
+        if options:
+            raise UsageError(f"unknown torchscript options: {', '.join(options)}")
+        need = self.manifest.get("runtime", {}).get("torch", "")
+        if need.startswith(">="):
+            want = tuple(int(v) for v in need[2:].split(".")[:2])
+            if _torch_version() < want:
+                raise BackendUnavailable(
+                    f"this TorchScript artifact needs torch {need} to load; installed torch is {torch.__version__}"
+                )
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise BackendUnavailable(f"this TorchScript artifact runs on {self.device}, but torch sees no CUDA GPU here")
+        if self.device == "cpu" and self.manifest.get("backend_config", {}).get("device") == "cuda":
+            raise UsageError("this TorchScript artifact was built for CUDA; rebuild it with --device cpu")
+        self._torch = torch
+        self._dtype = torch.float16 if self.precision == "fp16" else torch.float32
+        with _quiet_jit():
+            self._module = _load(str(self.artifact.file(self.manifest["payload"])), self.device)
+
+    def _infer(self, batch: np.ndarray) -> list[np.ndarray]:
+        torch = self._torch
+        with torch.inference_mode():
+            x = torch.from_numpy(batch).to(self.device, self._dtype)
+            outs = _as_list(self._module(x))
+            return [o.float().cpu().numpy() for o in outs]
+
+    def _release(self) -> None:
+        self._module = None
+
+
+ENGINE = TorchScriptEngine

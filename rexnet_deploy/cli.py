@@ -1,0 +1,304 @@
+"""The ``rexnet-deploy`` command: thin — parse, call the library, print. Every error the library
+raises on purpose becomes ``error: <one line>`` and a non-zero exit (2 bad input, 1 failed gate)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import click
+
+from .errors import RexnetDeployError, UsageError, one_line
+
+DEBUG = os.environ.get("REXNET_DEPLOY_DEBUG") == "1"
+
+
+def _stderr():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except RexnetDeployError as exc:
+            click.echo(f"error: {one_line(exc)}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted", err=True)
+            ctx.exit(130)
+        except Exception as exc:  # a bug, not bad input: one line, the traceback on request
+            if DEBUG:
+                raise
+            click.echo(f"error: unexpected {type(exc).__name__}: {one_line(exc)} "
+                       "(run with REXNET_DEPLOY_DEBUG=1 for the traceback)", err=True)
+            ctx.exit(70)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="rexnet-deploy")
+def main() -> None:
+    """Build ReXNet inference engines and prove them against the FP32 PyTorch reference."""
+
+
+# -- shared helpers -------------------------------------------------------------------------------
+def _parse_gate(values: tuple[str, ...]) -> dict[str, float]:
+    from .harness.metrics import GATE_KEYS
+
+    gate = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or key not in GATE_KEYS:
+            raise UsageError(f"--gate takes KEY=VALUE with KEY one of {', '.join(GATE_KEYS)}, got {item!r}")
+        try:
+            gate[key] = float(value)
+        except ValueError:
+            raise UsageError(f"--gate {key} needs a number, got {value!r}") from None
+    return gate
+
+
+def _write_json(path: str | None, data: dict[str, Any]) -> None:
+    if path:
+        from .artifact import to_json
+
+        Path(path).expanduser().write_text(to_json(data))
+
+
+def _save_report(engine, kind: str, report: dict[str, Any]) -> None:
+    try:
+        engine.artifact.set_report(kind, report)
+    except OSError as exc:
+        _stderr().print(f"warning: could not store the {kind} report in the manifest: {exc}")
+
+
+@contextmanager
+def _progress(description: str, total: int | None, quiet: bool) -> Iterator:
+    """A rich progress bar on stderr; yields ``update(done, total)``."""
+    if quiet:
+        yield lambda *_a: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=_stderr(), transient=True) as bar:
+        task = bar.add_task(description, total=total)
+
+        def update(done: int, total: int | None = None, description: str | None = None) -> None:
+            bar.update(task, completed=done, total=total, description=description or bar.tasks[0].description)
+
+        yield update
+
+
+@contextmanager
+def _status(quiet: bool) -> Iterator:
+    """A spinner on stderr whose text follows the library's log messages."""
+    if quiet:
+        yield lambda _m: None
+        return
+    console = _stderr()
+    with console.status("starting") as status:
+        def log(message: str) -> None:
+            console.print(f"[dim]·[/dim] {message}")
+            status.update(message)
+
+        yield log
+
+
+def _images_arg(images: tuple[str, ...]) -> Any:
+    if not images:
+        return None
+    return images[0] if len(images) == 1 else list(images)
+
+
+# -- commands -------------------------------------------------------------------------------------
+@main.command()
+@click.option("--model", default="rexnet_100", show_default=True, help="ReXNet family member, optionally with a timm tag (rexnet_100.nav_in1k).")
+@click.option("--head", type=click.Choice(["classify", "embed", "features"]), default="classify", show_default=True,
+              help="classify: logits; embed: pooled features; features: the 5 multi-scale maps.")
+@click.option("--backend", default="torchscript", show_default=True, help="Engine backend (see `rexnet-deploy backends`).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8"]), default=None, help="Engine precision [fp32].")
+@click.option("--fp16", "precision_flag", flag_value="fp16", help="Shorthand for --precision fp16.")
+@click.option("--bf16", "precision_flag", flag_value="bf16", help="Shorthand for --precision bf16.")
+@click.option("--int8", "precision_flag", flag_value="int8", help="Shorthand for --precision int8.")
+@click.option("--weights", default="pretrained", show_default=True,
+              help="pretrained (timm hub), a local .safetensors/.pth file, or random (with --seed; not for production).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for --weights random.")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--batch", "batch_range", default="1:32", show_default=True, help="Batch range MIN:MAX the engine accepts.")
+@click.option("--test-size", is_flag=True, help="Use the model's test_input_size/test_crop_pct where timm has them.")
+@click.option("--out", type=click.Path(), default=None, help="Artifact folder [engines/MODEL-BACKEND-PRECISION].")
+@click.option("--force", is_flag=True, help="Replace --out if it is an existing artifact.")
+@click.option("--check-images", type=click.Path(), default=None, help="Images to check the build on [generated images].")
+@click.option("--labels", type=click.Path(), default=None, help="CSV file,class_index for --check-images.")
+@click.option("--synthetic", type=int, default=32, show_default=True, help="Generated images to check on when no --check-images.")
+@click.option("--skip-check", is_flag=True, help="Do not check the engine against the reference before publishing.")
+@click.option("--skip-bad", is_flag=True, help="Skip unreadable check images instead of failing.")
+@click.option("--gate", multiple=True, metavar="KEY=VALUE", help="Override a gate threshold (repeatable), e.g. --gate top1_agreement=0.97.")
+@click.option("--bench", "bench_batches", default=None, metavar="BATCHES", help="Also benchmark these batch sizes, e.g. 1,8.")
+@click.option("--json", "json_out", type=click.Path(), default=None, help="Write the manifest (with reports) here too.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+def build(model, head, backend, precision, precision_flag, weights, seed, device, batch_range, test_size, out, force,
+          check_images, labels, synthetic, skip_check, skip_bad, gate, bench_batches, json_out, quiet) -> None:
+    """Compile the model into an engine artifact, check it against the FP32 reference, publish it."""
+    from . import backends
+    from .builder import build as run_build
+    from .harness.report import bench_markdown, check_markdown
+    from .spec import BuildSpec, ModelSpec, WeightsSpec, parse_batch_list, parse_batch_range
+
+    if precision and precision_flag and precision != precision_flag:
+        raise UsageError(f"--precision {precision} contradicts --{precision_flag}")
+    precision = precision or precision_flag or "fp32"
+    info = backends.get(backend)
+    backends.check_precision(info, precision)
+    model_spec = ModelSpec(name=model, head=head, weights=WeightsSpec.parse(weights, seed), test_size=test_size)
+    spec = BuildSpec(backend=info.name, precision=precision, device=device, batch=parse_batch_range(batch_range))
+    batches = parse_batch_list(bench_batches) if bench_batches else None
+    if check_images and not Path(check_images).exists():
+        raise UsageError(f"--check-images {check_images} does not exist")
+    out = out or f"engines/{model.replace('.', '_')}-{info.name}-{precision}"
+    if model_spec.weights.source == "random" and not quiet:
+        _stderr().print(f"warning: random weights (seed {seed}): this engine is for testing, not for production")
+    check_options = {"images": check_images, "labels": labels, "synthetic": synthetic, "skip_bad": skip_bad,
+                     "gate": _parse_gate(gate)}
+    with _status(quiet) as log:
+        engine = run_build(model_spec, spec, out, force=force, check=not skip_check, check_options=check_options,
+                           bench_batches=batches, log=log)
+    with engine:
+        reports = engine.manifest.get("reports", {})
+        click.echo(f"built {engine.artifact.path} ({info.name} {precision}, {model})")
+        if reports.get("check"):
+            click.echo("\n" + check_markdown(reports["check"]))
+        if reports.get("bench"):
+            click.echo("\n" + bench_markdown(reports["bench"]))
+        _write_json(json_out, engine.manifest)
+
+
+@main.command()
+@click.argument("engine_path", metavar="ENGINE", type=click.Path())
+@click.option("--images", multiple=True, type=click.Path(), help="A folder (recursive) or image files; repeatable [generated images].")
+@click.option("--labels", type=click.Path(), default=None, help="CSV with file,class_index columns (or use wnid-named subfolders; DIR/labels.csv is found by itself).")
+@click.option("--synthetic", type=int, default=32, show_default=True, help="Generated images to use when no --images.")
+@click.option("--limit", type=int, default=None, help="Check at most this many images.")
+@click.option("--weights", type=click.Path(), default=None, help="The reference's weights file, if it moved since the build.")
+@click.option("--gate", multiple=True, metavar="KEY=VALUE", help="Override a gate threshold (repeatable).")
+@click.option("--skip-bad", is_flag=True, help="Skip unreadable images (they are listed in the report).")
+@click.option("--json", "json_out", type=click.Path(), default=None, help="Write the report as JSON.")
+@click.option("--no-save", is_flag=True, help="Do not store the report in the artifact's manifest.")
+@click.option("-q", "--quiet", is_flag=True)
+def check(engine_path, images, labels, synthetic, limit, weights, gate, skip_bad, json_out, no_save, quiet) -> None:
+    """Compare an engine with the FP32 reference on the same images; exit 1 if the gate fails."""
+    from .engine import Engine
+    from .harness.check import check as run_check, raise_for_gate
+    from .harness.report import check_markdown
+
+    with Engine.load(engine_path) as engine, _progress("checking", None, quiet) as update:
+        report = run_check(engine, images=_images_arg(images), labels=labels, synthetic=synthetic, limit=limit,
+                           weights=weights, gate=_parse_gate(gate), skip_bad=skip_bad, progress=update)
+        if not no_save:
+            _save_report(engine, "check", report)
+    _write_json(json_out, report)
+    click.echo(check_markdown(report))
+    raise_for_gate(report)
+
+
+@main.command()
+@click.argument("engine_path", metavar="ENGINE", type=click.Path())
+@click.option("--batch", "batches", default="1,8,32", show_default=True, help="Comma-separated batch sizes.")
+@click.option("--seconds", type=float, default=2.0, show_default=True, help="Timed seconds per batch size, per model.")
+@click.option("--warmup", type=int, default=3, show_default=True)
+@click.option("--no-reference", is_flag=True, help="Time the engine alone (no torch needed; no speedup ratios).")
+@click.option("--weights", type=click.Path(), default=None, help="The reference's weights file, if it moved since the build.")
+@click.option("--json", "json_out", type=click.Path(), default=None, help="Write the report as JSON.")
+@click.option("--no-save", is_flag=True, help="Do not store the report in the artifact's manifest.")
+@click.option("-q", "--quiet", is_flag=True)
+def bench(engine_path, batches, seconds, warmup, no_reference, weights, json_out, no_save, quiet) -> None:
+    """Latency (p50/p90/p99) and throughput per batch, engine and FP32 eager reference in one run."""
+    from .engine import Engine
+    from .harness.bench import bench as run_bench
+    from .harness.report import bench_markdown
+    from .spec import parse_batch_list
+
+    sizes = parse_batch_list(batches)
+    if seconds <= 0:
+        raise UsageError("--seconds must be positive")
+    with Engine.load(engine_path) as engine, _status(quiet) as log:
+        report = run_bench(engine, batches=sizes, reference=not no_reference, weights=weights, seconds=seconds,
+                           warmup=warmup, progress=log if not quiet else None)
+        if not no_save:
+            _save_report(engine, "bench", report)
+    _write_json(json_out, report)
+    click.echo(bench_markdown(report))
+
+
+@main.command()
+@click.argument("engine_path", metavar="ENGINE", type=click.Path())
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--topk", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--skip-bad", is_flag=True, help="Skip unreadable images instead of failing.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def predict(engine_path, images, topk, skip_bad, as_json) -> None:
+    """Top-k ImageNet labels for image files."""
+    from .engine import Engine
+    from .images import load_images
+
+    with Engine.load(engine_path) as engine:
+        loaded = load_images(images, skip_bad=skip_bad)
+        predictions = engine.predict(loaded.images, topk=topk)
+    results = [{"image": name, "top": [p.to_dict() for p in preds]} for name, preds in zip(loaded.names, predictions)]
+    if as_json:
+        click.echo(json.dumps({"results": results, "skipped": [{"file": f, "reason": r} for f, r in loaded.skipped]}, indent=2))
+        return
+    for r in results:
+        click.echo(r["image"])
+        for p in r["top"]:
+            click.echo(f"  {p['score']:7.2%}  {p['index']:4d}  {p['label']}")
+    for f, why in loaded.skipped:
+        click.echo(f"skipped {f}: {why}", err=True)
+
+
+@main.command()
+@click.argument("engine_path", metavar="ENGINE", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@click.option("--no-verify", is_flag=True, help="Skip the payload checksum verification.")
+def info(engine_path, as_json, no_verify) -> None:
+    """Describe an artifact (and verify its checksums)."""
+    from .artifact import load_artifact, to_json
+    from .harness.report import info_markdown
+
+    artifact = load_artifact(engine_path, verify=not no_verify)
+    if as_json:
+        click.echo(to_json(artifact.manifest), nl=False)
+    else:
+        click.echo(info_markdown(artifact.manifest, str(artifact.path)))
+        click.echo("checksums: " + ("not verified" if no_verify else f"{len(artifact.manifest['files'])} files verified"))
+
+
+@main.command(name="backends")
+def list_backends() -> None:
+    """List backends, their precisions, and whether they are installed here."""
+    from . import backends as registry
+
+    for info in registry.BACKENDS.values():
+        state = "ready" if info.available(for_build=True) else (
+            "runtime only" if info.available() else f"not installed (pip install 'rexnet-deploy[{info.extra}]')")
+        click.echo(f"{info.name:12s} {','.join(info.precisions):20s} {state:12s} {info.summary}")
+
+
+@main.command(name="models")
+def list_models() -> None:
+    """List the ReXNet family members and pretrained tags timm knows."""
+    from .models import family
+
+    click.echo("\n".join(family()))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""One exception family. The CLI prints ``error: <message>`` (one line) and exits with ``exit_code``."""
+
+from __future__ import annotations
+
+
+class RexnetDeployError(Exception):
+    """Base of every error this package raises on purpose; the message is one user-facing line."""
+
+    exit_code = 2
+
+
+class UsageError(RexnetDeployError):
+    """An unknown model/backend/precision, an unsupported combination, a bad option value."""
+
+
+class InputError(RexnetDeployError):
+    """An array of the wrong shape/dtype/layout, or NaN/inf values."""
+
+
+class ImageError(InputError):
+    """Images that are missing, unreadable or of an unsupported format."""
+
+    def __init__(self, message: str, bad: list[tuple[str, str]] | None = None):
+        super().__init__(message)
+        self.bad = bad or []
+
+
+class WeightsError(RexnetDeployError):
+    """Weights that cannot be found, fetched, read, or do not fit the model."""
+
+
+class ArtifactError(RexnetDeployError):
+    """A path that is not an artifact, a foreign or newer manifest, a checksum mismatch."""
+
+
+class BuildError(RexnetDeployError):
+    """A build that cannot be carried out (``--out`` exists, the export failed, ...)."""
+
+
+class BackendUnavailable(RexnetDeployError):
+    """The backend's library (or device) is not present on this host."""
+
+
+class GateFailed(RexnetDeployError):
+    """A check or benchmark fell below its gate; the report was still written."""
+
+    exit_code = 1
+
+
+def one_line(text: object) -> str:
+    """Collapse a message to its first non-empty line (library errors are often multi-line)."""
+    for line in str(text).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(text).__name__ if not isinstance(text, str) else ""

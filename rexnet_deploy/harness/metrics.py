@@ -1,0 +1,162 @@
+"""Engine-vs-reference metrics, accumulated batch by batch (feature maps of many images would not
+fit in memory at once). Pure numpy."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+METRIC_KEYS = ("top1_agreement", "top5_agreement", "cosine_mean", "cosine_min", "sqnr_db", "max_abs_err")
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-sample cosine similarity of two (N, ...) arrays, in float64."""
+    a = a.reshape(len(a), -1).astype(np.float64)
+    b = b.reshape(len(b), -1).astype(np.float64)
+    num = (a * b).sum(axis=1)
+    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.where(np.all(a == b, axis=1), 1.0, 0.0))
+    return cos
+
+
+def sqnr_db(signal_power: float, noise_power: float) -> float:
+    """10·log10(Σref² / Σ(ref−eng)²); +inf for identical outputs (written as null in JSON)."""
+    if noise_power == 0:
+        return math.inf
+    if signal_power == 0:
+        return -math.inf
+    return 10.0 * math.log10(signal_power / noise_power)
+
+
+@dataclass
+class _OutputStats:
+    cosines: list[np.ndarray] = field(default_factory=list)
+    signal: float = 0.0
+    noise: float = 0.0
+    max_abs: float = 0.0
+
+    def update(self, ref: np.ndarray, eng: np.ndarray) -> None:
+        if ref.shape != eng.shape:
+            raise ValueError(f"engine output shape {eng.shape} differs from the reference's {ref.shape}")
+        ref64, eng64 = ref.astype(np.float64), eng.astype(np.float64)
+        self.cosines.append(cosine_rows(ref64, eng64))
+        self.signal += float((ref64 ** 2).sum())
+        self.noise += float(((ref64 - eng64) ** 2).sum())
+        if not np.isfinite(eng64).all():
+            self.max_abs = math.inf
+        else:
+            self.max_abs = max(self.max_abs, float(np.abs(ref64 - eng64).max(initial=0.0)))
+
+    def result(self) -> dict[str, float]:
+        cos = np.concatenate(self.cosines) if self.cosines else np.zeros(0)
+        cos = np.nan_to_num(cos, nan=0.0)
+        return {
+            "cosine_mean": float(cos.mean()) if cos.size else math.nan,
+            "cosine_min": float(cos.min()) if cos.size else math.nan,
+            "sqnr_db": sqnr_db(self.signal, self.noise),
+            "max_abs_err": self.max_abs,
+        }
+
+
+class Comparison:
+    """Accumulates engine-vs-reference agreement (and labelled accuracy) over batches.
+
+    top-5 agreement: the reference's top-1 class is among the engine's top 5.
+    """
+
+    def __init__(self, output_names: Sequence[str], classify: bool):
+        self.output_names = list(output_names)
+        self.classify = classify
+        self.stats = {name: _OutputStats() for name in self.output_names}
+        self.n = 0
+        self.top1_hits = 0
+        self.top5_hits = 0
+        self.labelled = {"n": 0, "engine_top1": 0, "engine_top5": 0, "reference_top1": 0, "reference_top5": 0}
+
+    def update(self, ref: Sequence[np.ndarray], eng: Sequence[np.ndarray], labels: np.ndarray | None = None) -> None:
+        if len(ref) != len(eng):
+            raise ValueError(f"engine gave {len(eng)} outputs, the reference {len(ref)}")
+        for name, r, e in zip(self.output_names, ref, eng):
+            self.stats[name].update(r, e)
+        self.n += len(ref[0])
+        if self.classify:
+            r, e = ref[0], eng[0]
+            ref_top1 = r.argmax(axis=1)
+            eng_top5 = _topk(e, 5)
+            self.top1_hits += int((eng_top5[:, 0] == ref_top1).sum())
+            self.top5_hits += int((eng_top5 == ref_top1[:, None]).any(axis=1).sum())
+            if labels is not None:
+                known = labels >= 0
+                if known.any():
+                    lab = labels[known]
+                    ref_top5 = _topk(r[known], 5)
+                    self.labelled["n"] += int(known.sum())
+                    self.labelled["engine_top1"] += int((eng_top5[known][:, 0] == lab).sum())
+                    self.labelled["engine_top5"] += int((eng_top5[known] == lab[:, None]).any(axis=1).sum())
+                    self.labelled["reference_top1"] += int((ref_top5[:, 0] == lab).sum())
+                    self.labelled["reference_top5"] += int((ref_top5 == lab[:, None]).any(axis=1).sum())
+
+    def metrics(self) -> dict[str, Any]:
+        per_output = {name: s.result() for name, s in self.stats.items()}
+        worst = {
+            "cosine_mean": min(v["cosine_mean"] for v in per_output.values()),
+            "cosine_min": min(v["cosine_min"] for v in per_output.values()),
+            "sqnr_db": min(v["sqnr_db"] for v in per_output.values()),
+            "max_abs_err": max(v["max_abs_err"] for v in per_output.values()),
+        }
+        metrics: dict[str, Any] = {
+            "top1_agreement": self.top1_hits / self.n if self.classify and self.n else None,
+            "top5_agreement": self.top5_hits / self.n if self.classify and self.n else None,
+            **worst,
+        }
+        if len(per_output) > 1:
+            metrics["per_output"] = per_output
+        return metrics
+
+    def labelled_accuracy(self) -> dict[str, Any] | None:
+        n = self.labelled["n"]
+        if not n:
+            return None
+        return {"n": n, **{k: v / n for k, v in self.labelled.items() if k != "n"}}
+
+
+def _topk(logits: np.ndarray, k: int) -> np.ndarray:
+    k = min(k, logits.shape[1])
+    part = np.argpartition(-logits, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(logits, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1)
+
+
+# Gate thresholds by precision: FP32 near-exact, reduced precisions looser. Overridable per run.
+DEFAULT_GATES: dict[str, dict[str, float]] = {
+    "fp32": {"top1_agreement": 0.99, "cosine_min": 0.9999, "sqnr_db": 40.0},
+    "fp16": {"top1_agreement": 0.97, "cosine_min": 0.999, "sqnr_db": 25.0},
+    "bf16": {"top1_agreement": 0.95, "cosine_min": 0.995, "sqnr_db": 18.0},
+    "int8": {"top1_agreement": 0.90, "cosine_min": 0.95, "sqnr_db": 12.0},
+}
+GATE_KEYS = ("top1_agreement", "top5_agreement", "cosine_mean", "cosine_min", "sqnr_db", "max_abs_err")
+
+
+def gate_thresholds(precision: str, overrides: dict[str, float] | None = None) -> dict[str, float]:
+    thresholds = dict(DEFAULT_GATES.get(precision, DEFAULT_GATES["int8"]))
+    thresholds.update(overrides or {})
+    return thresholds
+
+
+def evaluate_gate(metrics: dict[str, Any], thresholds: dict[str, float]) -> dict[str, Any]:
+    """Every threshold is a lower bound, except ``max_abs_err`` (an upper bound).
+    A metric that does not apply to the head (top-1 of an embedding) is skipped."""
+    failures = []
+    for key, bound in thresholds.items():
+        value = metrics.get(key)
+        if value is None:  # not applicable to this head, or infinite SQNR read back from JSON
+            continue
+        ok = value <= bound if key == "max_abs_err" else value >= bound  # NaN fails both
+        if not ok:
+            op = "<=" if key == "max_abs_err" else ">="
+            failures.append(f"{key} {value:.6g} (needs {op} {bound:g})")
+    return {"passed": not failures, "thresholds": thresholds, "failures": failures}

@@ -1,0 +1,95 @@
+"""Reports as Markdown (pasteable into a pull request) and JSON."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def _fmt(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        if math.isinf(v):
+            return "∞"
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def check_markdown(report: dict[str, Any]) -> str:
+    m = report["metrics"]
+    src = report["images"]
+    where = src.get("path") or (f"{src['n']} synthetic images (seed {src['seed']})" if src["kind"] == "synthetic" else "files")
+    lines = [
+        f"### check: {report['model']} {report['engine']['backend']}/{report['engine']['precision']} vs FP32 reference",
+        f"{report['n_images']} images from {where}" + (f", {len(report['skipped'])} skipped" if report["skipped"] else ""),
+        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
+    for key in ("top1_agreement", "top5_agreement", "cosine_mean", "cosine_min", "sqnr_db", "max_abs_err"):
+        if m.get(key) is not None or key == "sqnr_db":
+            value = m.get(key)
+            if key == "sqnr_db" and value is None:
+                value = math.inf
+            lines.append(f"| {key} | {_fmt(value, 6 if 'cosine' in key else 4)} |")
+    lab = report.get("labelled")
+    if lab:
+        lines += ["", f"labelled ({lab['n']} images, labels from {report['labels']}):", "",
+                  "| | top-1 | top-5 |", "|---|---|---|",
+                  f"| engine | {lab['engine_top1']:.4f} | {lab['engine_top5']:.4f} |",
+                  f"| reference | {lab['reference_top1']:.4f} | {lab['reference_top5']:.4f} |"]
+    gate = report["gate"]
+    lines += ["", "gate: " + ("**passed**" if gate["passed"] else "**FAILED**: " + "; ".join(gate["failures"]))]
+    return "\n".join(lines)
+
+
+def bench_markdown(report: dict[str, Any]) -> str:
+    ref = {r["batch"]: r for r in (report.get("reference") or {}).get("results", [])}
+    lines = [
+        f"### bench: {report['model']} {report['engine']['backend']}/{report['engine']['precision']} "
+        f"({report['host']['cpu']}, {report['host']['cpu_count']} CPUs)",
+        "",
+        "| batch | p50 ms | p90 ms | p99 ms | mean ms | img/s | ref p50 ms | ref img/s | speedup (p50) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["results"]:
+        b = r["batch"]
+        rr = ref.get(b)
+        sp = (report.get("speedup") or {}).get(str(b))
+        lines.append(
+            f"| {b} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {r['mean_ms']:.2f} | "
+            f"{r['throughput_ips']:.1f} | {_fmt(rr and rr['p50_ms'], 2)} | {_fmt(rr and rr['throughput_ips'], 1)} | "
+            f"{_fmt(sp, 2) + '×' if sp else '–'} |"
+        )
+    return "\n".join(lines)
+
+
+def info_markdown(manifest: dict[str, Any], path: str) -> str:
+    m = manifest["model"]
+    w = m["weights"]
+    inp = manifest["input"]
+    lines = [
+        f"### {path}",
+        f"- model: {m['name']} (head {m['head']}, {m.get('num_classes')} classes)",
+        f"- weights: {w['source']}" + (f", seed {w.get('seed')}" if w["source"] == "random" else "")
+        + (f", {w.get('path') or w.get('hub_id')}" if w["source"] != "random" else "")
+        + ("" if w.get("production", True) else " — NOT FOR PRODUCTION"),
+        f"- backend: {manifest['backend']} {manifest['precision']} on {manifest.get('device', 'cpu')}",
+        f"- input: {inp['name']} {inp['dtype']} {inp['layout']} {inp['shape']}, batch {inp['batch'][0]}..{inp['batch'][1]}",
+        f"- outputs: " + ", ".join(f"{o['name']} {o['shape']}" for o in manifest["outputs"]),
+        f"- files: " + ", ".join(manifest["files"]),
+        f"- built {manifest.get('created')} with " + ", ".join(
+            f"{k} {v}" for k, v in manifest.get("environment", {}).items() if k in ("rexnet_deploy", "torch", "timm")),
+    ]
+    reports = manifest.get("reports") or {}
+    if reports.get("check"):
+        c = reports["check"]
+        mm = c["metrics"]
+        lines.append(f"- check: {c['n_images']} images, top-1 agreement {_fmt(mm.get('top1_agreement'))}, "
+                     f"cosine min {_fmt(mm.get('cosine_min'), 6)}, gate {'passed' if c['gate']['passed'] else 'FAILED'}")
+    if reports.get("bench"):
+        b = reports["bench"]
+        lines.append("- bench: " + ", ".join(f"batch {r['batch']} p50 {r['p50_ms']:.2f} ms" for r in b["results"])
+                     + (" ; speedup vs eager " + ", ".join(f"{k}: {v:.2f}×" for k, v in b["speedup"].items()) if b.get("speedup") else ""))
+    return "\n".join(lines)

@@ -1,0 +1,114 @@
+"""What to build: the model (name, head, weights) and the engine (backend, precision, batch range)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError
+
+HEADS = ("classify", "embed", "features")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+DEFAULT_BATCH = (1, 32)
+
+
+@dataclass(frozen=True)
+class WeightsSpec:
+    """Where the weights come from: ``pretrained`` (timm hub), ``file`` (local path) or ``random``.
+
+    ``sha256`` / ``state_sha256`` are set when rebuilding a reference from a manifest, so the
+    rebuilt weights are proven to be the ones the engine was built from.
+    """
+
+    source: str = "random"
+    seed: int = 0
+    path: str | None = None
+    sha256: str | None = None
+    state_sha256: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.source not in ("pretrained", "file", "random"):
+            raise UsageError(f"unknown weights source {self.source!r}")
+        if self.source == "file" and not self.path:
+            raise UsageError("weights source 'file' needs a path")
+
+    @classmethod
+    def parse(cls, value: str, seed: int = 0) -> "WeightsSpec":
+        """The CLI's ``--weights pretrained|random|PATH``."""
+        if value == "pretrained":
+            return cls("pretrained")
+        if value == "random":
+            return cls("random", seed=seed)
+        return cls("file", path=os.fspath(Path(value).expanduser()))
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> "WeightsSpec":
+        """From a manifest's ``model.weights``."""
+        return cls(
+            source=record["source"],
+            seed=int(record.get("seed") or 0),
+            path=record.get("path"),
+            sha256=record.get("sha256") if record["source"] == "file" else None,
+            state_sha256=record.get("state_sha256"),
+        )
+
+    def describe(self) -> str:
+        if self.source == "random":
+            return f"random, seed {self.seed}"
+        if self.source == "file":
+            return f"file {self.path}"
+        return "pretrained"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str = "rexnet_100"
+    head: str = "classify"
+    weights: WeightsSpec = field(default_factory=WeightsSpec)
+    # timm's test_input_size/test_crop_pct (some tags, e.g. rexnetr_200.sw_in12k_ft_in1k, have them)
+    test_size: bool = False
+
+    def __post_init__(self) -> None:
+        if self.head not in HEADS:
+            raise UsageError(f"unknown head {self.head!r} (one of {', '.join(HEADS)})")
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    backend: str = "torchscript"
+    precision: str = "fp32"
+    device: str = "cpu"
+    batch: tuple[int, int] = DEFAULT_BATCH
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"unknown precision {self.precision!r} (one of {', '.join(PRECISIONS)})")
+        lo, hi = self.batch
+        if not 1 <= lo <= hi:
+            raise UsageError(f"batch range must satisfy 1 <= MIN <= MAX, got {lo}:{hi}")
+
+
+def parse_batch_range(text: str) -> tuple[int, int]:
+    """``"8"`` → (1, 8); ``"1:32"`` → (1, 32)."""
+    try:
+        parts = [int(p) for p in text.split(":")]
+    except ValueError:
+        raise UsageError(f"batch range must be MAX or MIN:MAX with integers, got {text!r}") from None
+    if len(parts) == 1:
+        parts = [1, parts[0]]
+    if len(parts) != 2 or not 1 <= parts[0] <= parts[1]:
+        raise UsageError(f"batch range must be MAX or MIN:MAX with 1 <= MIN <= MAX, got {text!r}")
+    return parts[0], parts[1]
+
+
+def parse_batch_list(text: str) -> list[int]:
+    """``"1,8,32"`` → [1, 8, 32]."""
+    try:
+        values = [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise UsageError(f"batch sizes must be a comma-separated list of integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise UsageError(f"batch sizes must be positive integers, got {text!r}")
+    return sorted(set(values))

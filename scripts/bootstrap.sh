@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Create .venv/ at the repository root when it is missing and install rexnet-deploy with the
+# build + test extras into it. Idempotent: a second run only re-checks the install.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+py=${PYTHON:-python3}
+if [[ ! -x .venv/bin/python ]]; then
+  "$py" -m venv .venv
+fi
+stamp=.venv/.rexnet-deploy-installed
+want=$(cat pyproject.toml constraints/pinned.txt | sha256sum | cut -c1-16)
+if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
+  .venv/bin/python -m pip install --quiet -c constraints/pinned.txt -e ".[dev]"
+  echo "$want" > "$stamp"
+fi
