@@ -1,0 +1,78 @@
+"""Shared fixtures: one seeded TorchScript engine per session, generated images, optional shared data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+SHARED_CALIB = SHARED / "data" / "imagenet-sample" / "calib"
+SHARED_WEIGHTS = SHARED / "models" / "rexnet_100-exemplar400.safetensors"
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+    skip_shared = pytest.mark.skip(reason=f"optional shared data not present ({SHARED})")
+    have_shared = SHARED_CALIB.is_dir() and SHARED_WEIGHTS.is_file()
+    for item in items:
+        if "gpu" in item.keywords and not _cuda():
+            item.add_marker(skip_gpu)
+        if "shared_data" in item.keywords and not have_shared:
+            item.add_marker(skip_shared)
+
+
+@pytest.fixture(scope="session")
+def ts_engine_path(tmp_path_factory) -> Path:
+    """A TorchScript FP32 artifact of rexnet_100 with random weights (seed 0), batch 1..8."""
+    from rexnet_deploy import BuildSpec, ModelSpec, WeightsSpec, build
+
+    out = tmp_path_factory.mktemp("engines") / "ts"
+    engine = build(ModelSpec("rexnet_100", weights=WeightsSpec("random", seed=0)),
+                   BuildSpec(backend="torchscript", batch=(1, 8)), out, check_options={"synthetic": 8})
+    engine.close()
+    return out
+
+
+@pytest.fixture()
+def engine_copy(ts_engine_path, tmp_path) -> Path:
+    """A private copy of the session artifact, for tests that modify it."""
+    import shutil
+
+    dst = tmp_path / "engine"
+    shutil.copytree(ts_engine_path, dst)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def image_dir(tmp_path_factory) -> Path:
+    """Six generated JPEG/PNG photos-like images of different sizes and modes."""
+    from rexnet_deploy.synthetic import synthetic_images
+
+    d = tmp_path_factory.mktemp("images")
+    for i, img in enumerate(synthetic_images(6, seed=7)):
+        if i == 4:
+            img = img.convert("L")  # a greyscale file, converted to RGB on load
+        img.save(d / (f"img{i}.jpg" if i % 2 == 0 else f"img{i}.png"), quality=92)
+    return d
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None):
+    """Run the installed console script in a fresh process; returns CompletedProcess."""
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).parent / "rexnet-deploy"
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=cwd, env=full_env, timeout=600)

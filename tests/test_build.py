@@ -1,0 +1,119 @@
+"""Builds: heads, weights sources, atomic writes, --force."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rexnet_deploy import BuildSpec, Engine, ModelSpec, WeightsSpec, build
+from rexnet_deploy.errors import BuildError, GateFailed
+
+pytestmark = pytest.mark.slow
+
+
+def _leftovers(parent: Path) -> list[str]:
+    return [p.name for p in parent.iterdir() if ".building-" in p.name or ".old-" in p.name]
+
+
+@pytest.mark.parametrize("head,names,shapes", [
+    ("embed", ["embedding"], [[-1, 1280]]),
+    ("features", [f"feature{i}" for i in range(5)],
+     [[-1, 16, 112, 112], [-1, 38, 56, 56], [-1, 61, 28, 28], [-1, 128, 14, 14], [-1, 185, 7, 7]]),
+])
+def test_embed_and_features_heads(tmp_path, head, names, shapes):
+    with build(ModelSpec("rexnet_100", head=head, weights=WeightsSpec("random", seed=1)), BuildSpec(batch=(1, 4)),
+               tmp_path / head, check_options={"synthetic": 4}) as engine:
+        assert [o["name"] for o in engine.manifest["outputs"]] == names
+        assert [o["shape"] for o in engine.manifest["outputs"]] == shapes
+        assert engine.manifest["labels"] is None
+        x = np.random.default_rng(0).standard_normal((2, 3, 224, 224), dtype=np.float32)
+        out = engine(x)
+        outs = out if isinstance(out, tuple) else (out,)
+        assert [list(o.shape[1:]) for o in outs] == [s[1:] for s in shapes]
+        report = engine.manifest["reports"]["check"]
+        assert report["metrics"]["top1_agreement"] is None  # not a classifier
+        assert report["metrics"]["cosine_min"] > 0.9999
+        if head == "features":
+            assert set(report["metrics"]["per_output"]) == set(names)
+        with pytest.raises(Exception, match="classify"):
+            engine.predict(x[0].transpose(1, 2, 0).astype(np.uint8))
+
+
+def test_weights_file_round_trip_and_hash(tmp_path, ts_engine_path):
+    """A .safetensors and a .pth of the seeded weights give the same state hash as the seed."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = timm.create_model("rexnet_100")
+    st, pth = tmp_path / "w.safetensors", tmp_path / "w.pth"
+    save_file(model.state_dict(), str(st))
+    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, str(pth))
+    seeded = json.loads((ts_engine_path / "manifest.json").read_text())["model"]["weights"]["state_sha256"]
+    from rexnet_deploy.models import create_reference
+
+    for path in (st, pth):
+        ref = create_reference(ModelSpec("rexnet_100", weights=WeightsSpec.parse(str(path))))
+        assert ref.weights_record["state_sha256"] == seeded
+        assert ref.weights_record["source"] == "file" and ref.weights_record["production"] is True
+        assert len(ref.weights_record["sha256"]) == 64
+
+
+def test_reference_rebuild_refuses_a_changed_weights_file(tmp_path):
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    from rexnet_deploy.errors import WeightsError
+    from rexnet_deploy.harness.reference import TorchReference
+
+    torch.manual_seed(0)
+    w = tmp_path / "w.safetensors"
+    save_file(timm.create_model("rexnet_100").state_dict(), str(w))
+    with build(ModelSpec("rexnet_100", weights=WeightsSpec.parse(str(w))), BuildSpec(batch=(1, 2)),
+               tmp_path / "e", check=False) as engine:
+        manifest = engine.manifest
+    torch.manual_seed(1)
+    save_file(timm.create_model("rexnet_100").state_dict(), str(w))
+    with pytest.raises(WeightsError, match="sha256"):
+        TorchReference.from_manifest(manifest)
+
+
+def test_failed_build_leaves_nothing(tmp_path, monkeypatch):
+    from rexnet_deploy.backends import torchscript
+
+    def boom(*_a, **_k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torchscript, "build", boom)
+    out = tmp_path / "engine"
+    with pytest.raises(KeyboardInterrupt):
+        build(ModelSpec(weights=WeightsSpec("random")), BuildSpec(), out)
+    assert not out.exists() and _leftovers(tmp_path) == []
+
+
+def test_failed_gate_leaves_nothing(tmp_path):
+    out = tmp_path / "engine"
+    with pytest.raises(GateFailed, match="max_abs_err"):
+        build(ModelSpec(weights=WeightsSpec("random")), BuildSpec(batch=(1, 2)), out,
+              check_options={"synthetic": 2, "gate": {"max_abs_err": 0.0, "sqnr_db": 1000.0}})
+    assert not out.exists() and _leftovers(tmp_path) == []
+
+
+def test_force_replaces_an_existing_artifact(tmp_path, ts_engine_path):
+    import shutil
+
+    out = tmp_path / "engine"
+    shutil.copytree(ts_engine_path, out)
+    (out / "stale.txt").write_text("old")
+    with pytest.raises(BuildError, match="exists"):
+        build(ModelSpec(weights=WeightsSpec("random")), BuildSpec(), out, check=False)
+    with build(ModelSpec(weights=WeightsSpec("random", seed=5)), BuildSpec(batch=(1, 2)), out, force=True,
+               check=False) as engine:
+        assert engine.manifest["model"]["weights"]["seed"] == 5
+    assert not (out / "stale.txt").exists() and _leftovers(tmp_path) == []
+    Engine.load(out).close()
