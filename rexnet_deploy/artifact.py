@@ -144,10 +144,32 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
         raise ArtifactError(
             f"artifact schema {schema} is newer than this rexnet-deploy understands ({SCHEMA}); upgrade rexnet-deploy"
         )
-    for key in ("backend", "precision", "model", "input", "outputs", "files"):
-        if key not in manifest:
-            raise ArtifactError(f"manifest {mf} lacks '{key}'")
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise ArtifactError(f"malformed manifest {mf}: {problem}")
     return manifest
+
+
+def _manifest_problem(m: dict[str, Any]) -> str | None:
+    """The first structural problem of a manifest (a hand-edited or damaged one), or None."""
+    expected = {"backend": str, "precision": str, "model": dict, "input": dict, "outputs": list, "files": dict,
+                "preprocess": dict, "payload": str}
+    for key, kind in expected.items():
+        if not isinstance(m.get(key), kind):
+            return f"'{key}' is missing or not a {kind.__name__}"
+    inp = m["input"]
+    shape, batch = inp.get("shape"), inp.get("batch")
+    if not (isinstance(inp.get("name"), str) and isinstance(shape, list) and len(shape) == 4
+            and all(isinstance(v, int) for v in shape) and isinstance(batch, list) and len(batch) == 2
+            and all(isinstance(v, int) and v >= 1 for v in batch) and batch[0] <= batch[1]):
+        return "'input' needs a name, a 4-D integer shape and a batch [MIN, MAX]"
+    if not m["outputs"] or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in m["outputs"]):
+        return "'outputs' must list named outputs"
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in m["files"].items()):
+        return "'files' must map file names to sha256 strings"
+    if not isinstance(m["model"].get("head"), str) or not isinstance(m["model"].get("name"), str):
+        return "'model' needs a name and a head"
+    return None
 
 
 def load_artifact(path: str | os.PathLike, *, verify: bool = True) -> Artifact:
@@ -186,8 +208,11 @@ class ArtifactWriter:
         if self.out.exists() and force and any(self.out.iterdir()) and not (self.out / MANIFEST).exists():
             # --force replaces an artifact, never an unrelated folder full of someone's files
             raise BuildError(f"--out {self.out} is a non-empty folder that is not an artifact; refusing to replace it")
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(dir=self.out.parent, prefix=f".{self.out.name}.building-"))
+        try:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = Path(tempfile.mkdtemp(dir=self.out.parent, prefix=f".{self.out.name}.building-"))
+        except OSError as exc:  # a parent that is a file, a read-only or vanished folder
+            raise BuildError(f"cannot create --out {self.out}: {exc.strerror or exc}") from None
 
     def path(self, name: str) -> Path:
         return self.tmp / name

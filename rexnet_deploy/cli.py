@@ -24,6 +24,24 @@ def _stderr():
 
 
 class _Group(click.Group):
+    def main(self, args=None, prog_name=None, **extra: Any) -> Any:  # type: ignore[override]
+        """Click's usage errors (also those before a command) as one ``error:`` line, exit 2."""
+        if extra.pop("standalone_mode", True) is False:
+            return super().main(args, prog_name, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, standalone_mode=False, **extra)
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx else (prog_name or "rexnet-deploy")
+            click.echo(f"error: {one_line(exc.format_message())} (see {where} --help)", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            click.echo(f"error: {one_line(exc.format_message())}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("error: aborted", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -245,12 +263,12 @@ def bench(engine_path, batches, seconds, warmup, no_reference, weights, json_out
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable images instead of failing.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def predict(engine_path, images, topk, skip_bad, as_json) -> None:
-    """Top-k ImageNet labels for image files."""
+    """Top-k ImageNet labels for image files (a folder stands for the images below it)."""
     from .engine import Engine
-    from .images import load_images
+    from .images import expand_paths, load_images
 
     with Engine.load(engine_path) as engine:
-        loaded = load_images(images, skip_bad=skip_bad)
+        loaded = load_images(expand_paths(images), skip_bad=skip_bad)
         predictions = engine.predict(loaded.images, topk=topk)
     results = [{"image": name, "top": [p.to_dict() for p in preds]} for name, preds in zip(loaded.names, predictions)]
     if as_json:

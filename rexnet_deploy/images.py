@@ -33,6 +33,11 @@ def find_images(folder: str | os.PathLike) -> list[Path]:
     return files
 
 
+def expand_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Files as given; a folder stands for the image files below it (see find_images)."""
+    return [f for p in paths for f in (find_images(p) if Path(p).is_dir() else [Path(p)])]
+
+
 def load_image(path: str | os.PathLike) -> Image.Image:
     """Decode one file fully into an RGB PIL image; raise ImageError naming the file and why."""
     p = Path(path)
@@ -73,6 +78,8 @@ def array_to_image(arr: np.ndarray) -> Image.Image:
             f"image arrays must be uint8 HxWx3 RGB (got dtype {arr.dtype}); "
             "for a preprocessed float32 NCHW batch call the engine directly: engine(batch)"
         )
+    if arr.size == 0:
+        raise InputError(f"image array is empty (shape {arr.shape})")
     if arr.ndim == 2:
         return Image.fromarray(arr, mode="L").convert("RGB")
     if arr.ndim == 3 and arr.shape[2] == 3:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,6 +152,9 @@ def load_weights_file(model: "torch.nn.Module", path: Path) -> str:
             raise WeightsError(f"unsupported weights file type {suffix or '(none)'}: use .safetensors, .pth or .bin")
     except WeightsError:
         raise
+    except pickle.UnpicklingError:  # torch's first line here advises torch.load(weights_only=False): not for us
+        raise WeightsError(f"cannot read weights file {path}: not a checkpoint of plain tensors "
+                           "(damaged, or it holds objects that a safe load refuses)") from None
     except Exception as exc:  # safetensors/pickle raise many types for a damaged file
         raise WeightsError(f"cannot read weights file {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     state = _unwrap_state_dict(state, path)

@@ -10,8 +10,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..engine import Engine
-from ..errors import GateFailed, ImageError, InputError
-from ..images import describe_bad, find_images, load_images
+from ..errors import GateFailed, ImageError, InputError, UsageError
+from ..images import describe_bad, expand_paths, find_images, load_images
 from ..preprocess import preprocess_batch
 from ..synthetic import synthetic_images
 from .labelsets import has_wnid_folders, labels_for, read_labels_csv
@@ -38,6 +38,10 @@ def check(
     """Compare ``engine`` with the FP32 reference on ``images`` (a folder or file list), or on
     ``synthetic`` generated images when none are given. Returns the JSON-ready report; raises
     nothing on a failed gate (see ``report['gate']['passed']`` and :func:`raise_for_gate`)."""
+    if images is None and synthetic < 1:
+        raise UsageError(f"synthetic (the number of generated images to check on) must be >= 1, got {synthetic}")
+    if limit is not None and limit < 1:
+        raise UsageError(f"limit must be >= 1, got {limit}")
     if reference is None:
         from .reference import TorchReference
 
@@ -55,7 +59,8 @@ def check(
         files = [Path(images)]
         source = {"kind": "files"}
     else:
-        files = [Path(p) for p in images]
+        # a folder among the files stands for the images below it, as it does alone
+        files = expand_paths(images)
         if not files:
             raise ImageError("no images given to check")
         source = {"kind": "files"}
@@ -89,9 +94,14 @@ def check(
             batch_truth = None
         else:
             chunk = files[start:start + step]
-            loaded = load_images(chunk, skip_bad=True)  # collect every bad file, decide below
-            skipped += loaded.skipped
-            if not loaded.images:
+            try:
+                loaded = load_images(chunk, skip_bad=True)  # collect every bad file, decide below
+            except ImageError as exc:  # a chunk of only bad files: not fatal with skip_bad
+                loaded = None
+                skipped += exc.bad
+            else:
+                skipped += loaded.skipped
+            if loaded is None or not loaded.images:
                 done += len(chunk)
                 continue
             pil = loaded.images

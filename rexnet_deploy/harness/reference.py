@@ -26,6 +26,10 @@ class TorchReference:
     def from_manifest(cls, manifest: dict[str, Any], *, weights: str | os.PathLike | None = None) -> "TorchReference":
         """Rebuild the reference from an artifact's model record; the weights hash must match."""
         m = manifest["model"]
+        if weights is not None and m["weights"]["source"] != "file":
+            from ..errors import UsageError
+
+            raise UsageError(f"--weights is for engines built from a weights file; this one used {m['weights']['source']} weights")
         spec = ModelSpec(name=m["name"], head=m["head"], weights=WeightsSpec.from_record(m["weights"]),
                          test_size=bool(m.get("test_size", False)))
         return cls(create_reference(spec, weights_override=weights))
