@@ -247,9 +247,9 @@ def bench(engine_path, batches, seconds, warmup, no_reference, weights, json_out
     sizes = parse_batch_list(batches)
     if seconds <= 0:
         raise UsageError("--seconds must be positive")
-    with Engine.load(engine_path) as engine, _status(quiet) as log:
+    with Engine.load(engine_path) as engine, _progress("benchmarking", None, quiet) as update:
         report = run_bench(engine, batches=sizes, reference=not no_reference, weights=weights, seconds=seconds,
-                           warmup=warmup, progress=log if not quiet else None)
+                           warmup=warmup, progress=update)
         if not no_save:
             _save_report(engine, "bench", report)
     _write_json(json_out, report)

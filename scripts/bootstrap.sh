@@ -11,6 +11,8 @@ fi
 stamp=.venv/.rexnet-deploy-installed
 want=$(cat pyproject.toml constraints/pinned.txt | sha256sum | cut -c1-16)
 if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
-  .venv/bin/python -m pip install --quiet -c constraints/pinned.txt -e ".[dev]"
+  # (this machine's pip config lists local index folders, some absent: drop pip's warnings about them)
+  .venv/bin/python -m pip install --quiet -c constraints/pinned.txt -e ".[dev]" 2>&1 \
+    | { grep -v "is ignored: it is neither a file nor a directory" || true; }
   echo "$want" > "$stamp"
 fi

@@ -117,3 +117,16 @@ def test_force_replaces_an_existing_artifact(tmp_path, ts_engine_path):
         assert engine.manifest["model"]["weights"]["seed"] == 5
     assert not (out / "stale.txt").exists() and _leftovers(tmp_path) == []
     Engine.load(out).close()
+
+
+@pytest.mark.gpu
+def test_torchscript_fp16_on_cuda(tmp_path):
+    """FP16 TorchScript on a CUDA GPU, checked against the FP32 CPU reference (skipped without CUDA)."""
+    # random weights have near-flat logits, so top-1 agreement says little: gate on cosine/SQNR here
+    with build(ModelSpec(weights=WeightsSpec("random")), BuildSpec(precision="fp16", device="cuda", batch=(1, 4)),
+               tmp_path / "e", check_options={"synthetic": 8, "gate": {"top1_agreement": 0.0}}) as engine:
+        assert engine.manifest["device"] == "cuda" and engine.manifest["backend_config"]["dtype"] == "float16"
+        report = engine.manifest["reports"]["check"]
+        assert report["gate"]["passed"] and report["metrics"]["cosine_min"] >= 0.999
+        out = engine(np.zeros((2, 3, 224, 224), np.float32))
+        assert out.dtype == np.float32 and out.shape == (2, 1000)

@@ -48,7 +48,7 @@ def bench(
     min_iters: int = 5,
     warmup: int = 3,
     rounds: int = 3,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[..., None] | None = None,
 ) -> dict[str, Any]:
     """Per batch size: warm both up, then alternate ``rounds`` timed stretches of engine and
     reference (so slow drift of a noisy machine hits both), each about ``seconds / rounds`` long."""
@@ -66,6 +66,15 @@ def bench(
     rng = np.random.default_rng(0)
     results, ref_results, speedup, throughput_ratio = [], [], {}, {}
     t_start = time.perf_counter()
+    steps = len(batches) * (1 + rounds) * (2 if reference is not None else 1)
+    done = 0
+
+    def step(description: str) -> None:
+        nonlocal done
+        if progress:
+            progress(done, steps, description)
+        done += 1
+
     for batch in batches:
         x = rng.standard_normal((batch, c, h, w), dtype=np.float32)
         runners = {"engine": engine}
@@ -73,8 +82,7 @@ def bench(
             runners["reference"] = reference
         per_call = {}
         for name, fn in runners.items():
-            if progress:
-                progress(f"batch {batch}: warm-up {name}")
+            step(f"batch {batch}: warm-up {name}")
             t = time.perf_counter()
             for _ in range(warmup):
                 fn(x)
@@ -82,8 +90,7 @@ def bench(
         times: dict[str, list[float]] = {name: [] for name in runners}
         for r in range(rounds):
             for name, fn in runners.items():
-                if progress:
-                    progress(f"batch {batch}: {name} round {r + 1}/{rounds}")
+                step(f"batch {batch}: {name} round {r + 1}/{rounds}")
                 n = max(int(seconds / rounds / per_call[name]), -(-min_iters // rounds))
                 times[name] += time_calls(fn, x, iters=n)
         results.append(summarize(batch, times["engine"]))
