@@ -81,22 +81,22 @@ def build(
         artifact = writer.finalize(manifest)
         engine = Engine.load(artifact.path)
         try:
+            from .harness.reference import TorchReference
+
+            reference = TorchReference(ref)  # the module in memory: no second model build
             if check:
                 from .harness.check import check as run_check
 
                 log("checking against the FP32 reference")
-                from .harness.reference import TorchReference
-
-                report = run_check(engine, reference=TorchReference(ref), **(check_options or {}))
+                report = run_check(engine, reference=reference, **(check_options or {}))
                 artifact.set_report("check", report)
                 if not report["gate"]["passed"]:
                     raise GateFailed("build gate failed, nothing written: " + "; ".join(report["gate"]["failures"]))
             if bench_batches:
                 from .harness.bench import bench
-                from .harness.reference import TorchReference
 
                 log("benchmarking against the FP32 eager reference")
-                artifact.set_report("bench", bench(engine, batches=bench_batches, reference=TorchReference(ref)))
+                artifact.set_report("bench", bench(engine, batches=bench_batches, reference=reference))
             engine.artifact = writer.publish()
         except BaseException:
             engine.close()

@@ -9,8 +9,6 @@ from typing import Any, Sequence
 
 import numpy as np
 
-METRIC_KEYS = ("top1_agreement", "top5_agreement", "cosine_mean", "cosine_min", "sqnr_db", "max_abs_err")
-
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Per-sample cosine similarity of two (N, ...) arrays, in float64."""
