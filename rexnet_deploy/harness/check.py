@@ -96,14 +96,11 @@ def check(
             chunk = files[start:start + step]
             try:
                 loaded = load_images(chunk, skip_bad=True)  # collect every bad file, decide below
-            except ImageError as exc:  # a chunk of only bad files: not fatal with skip_bad
-                loaded = None
+            except ImageError as exc:  # every file of this chunk is bad: not fatal with skip_bad
                 skipped += exc.bad
-            else:
-                skipped += loaded.skipped
-            if loaded is None or not loaded.images:
                 done += len(chunk)
                 continue
+            skipped += loaded.skipped
             pil = loaded.images
             if truth is not None:
                 ok = {n for n in loaded.names}
