@@ -9,14 +9,15 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
-from . import backends
+from . import backends, calibration
 from .artifact import ArtifactWriter, environment
 from .engine import Engine
-from .errors import GateFailed
+from .errors import GateFailed, UsageError
 from .models import create_reference, imagenet_labels
 from .spec import BuildSpec, ModelSpec
 
 Log = Callable[[str], None]
+DEFAULT_CHECK_SIZE = 500  # held-out images an INT8 build checks on (at most)
 
 
 def build(
@@ -25,25 +26,45 @@ def build(
     out: str | os.PathLike,
     *,
     force: bool = False,
+    calib: str | os.PathLike | None = None,
+    calib_size: int = calibration.DEFAULT_SIZE,
+    calib_seed: int = 0,
+    backend_options: dict[str, Any] | None = None,
     check: bool = True,
     check_options: dict[str, Any] | None = None,
+    check_size: int = DEFAULT_CHECK_SIZE,
     bench_batches: list[int] | None = None,
     log: Log = lambda _m: None,
 ) -> Engine | None:
     """Build and publish an artifact at ``out``; returns the loaded Engine (closed by the caller).
 
-    With ``check`` (default), the engine is compared with the FP32 reference before publishing
-    (``check_options`` go to :func:`rexnet_deploy.harness.check.check`); a failed gate raises
-    GateFailed and nothing is written.
+    INT8 builds calibrate on ``calib`` (a folder or CSV; ``calib_size`` images drawn with
+    ``calib_seed``, see :mod:`rexnet_deploy.calibration`). With ``check`` (default), the engine is
+    compared with the FP32 reference before publishing (``check_options`` go to
+    :func:`rexnet_deploy.harness.check.check`); without check images, an INT8 build checks on up to
+    ``check_size`` held-out images of the calibration source (never calibration images). A failed
+    gate raises GateFailed and nothing is written.
     """
     info = backends.get(spec.backend)
     backends.check_precision(info, spec.precision)
+    check_options = dict(check_options or {})
+    calib_set = _plan_calibration(spec, calib, calib_size, calib_seed)
     backend = backends.load_module(info, for_build=True)
+    if hasattr(backend, "check_options"):
+        backend.check_options(spec, backend_options or {})
+    elif backend_options:
+        raise UsageError(f"the {info.name} backend takes no build options ({', '.join(backend_options)})")
     with ArtifactWriter(out, force=force) as writer:
         log(f"creating the {model.name} reference ({model.weights.describe()})")
         ref = create_reference(model)
+        if calib_set is not None:
+            step = getattr(log, "progress", None)
+            calib_set.load(ref.data_config, progress=(lambda d, t: step("reading calibration images", d, t)) if step else None)
+            bad = f", {len(calib_set.skipped)} unreadable skipped" if calib_set.skipped else ""
+            log(f"calibration set: {len(calib_set)} images from {calib_set.source}{bad}")
+            _plan_check_images(calib_set, check_options, check_size, log)
         log(f"compiling for {info.name} {spec.precision}")
-        part = backend.build(ref, spec, writer, log)
+        part = backend.build(ref, spec, writer, log, calib=calib_set, options=backend_options or None)
 
         labels = None
         if model.head == "classify":
@@ -73,6 +94,7 @@ def build(
             "preprocess": ref.data_config.to_dict(),
             "outputs": _output_specs(ref, c, h, w),
             "labels": labels,
+            "calibration": calib_set.record() if calib_set is not None else None,
             "payload": part["payload"],
             "backend_config": part.get("backend_config", {}),
             "runtime": part.get("runtime", {}),
@@ -88,7 +110,9 @@ def build(
                 from .harness.check import check as run_check
 
                 log("checking against the FP32 reference")
-                report = run_check(engine, reference=reference, **(check_options or {}))
+                report = run_check(engine, reference=reference, **check_options)
+                if calib_set is not None and check_options.get("images") is not None:
+                    report["images"]["calibration_overlap"] = calib_set.overlap(_as_paths(check_options["images"]))
                 artifact.set_report("check", report)
                 if not report["gate"]["passed"]:
                     raise GateFailed("build gate failed, nothing written: " + "; ".join(report["gate"]["failures"]))
@@ -102,6 +126,41 @@ def build(
             engine.close()
             raise
     return engine
+
+
+def _plan_calibration(spec: BuildSpec, calib, size: int, seed: int) -> calibration.CalibrationSet | None:
+    """Pick the calibration sample before any model is built (bad input fails fast)."""
+    if calib is None:
+        if spec.precision == "int8":
+            raise UsageError("--int8 needs calibration images: --calib DIR (a folder of real photos, or a CSV file list)")
+        return None
+    if spec.precision != "int8":
+        raise UsageError(f"--calib is for --int8 builds; a {spec.precision} build does not calibrate")
+    return calibration.select(calib, size, seed=seed)
+
+
+def _plan_check_images(calib_set: calibration.CalibrationSet, check_options: dict[str, Any], check_size: int,
+                       log: Log) -> None:
+    """Check on held-out images of the calibration source unless check images were given; warn
+    when given check images overlap the calibration images (agreement on them reads high)."""
+    given = check_options.get("images")
+    if given is not None:
+        n = calib_set.overlap(_as_paths(given))
+        if n:
+            log(f"warning: {n} check image(s) are calibration images; agreement measured on them reads high")
+        return
+    held_out = calib_set.held_out[:check_size]
+    if not held_out:
+        log("warning: every image of the calibration source is used for calibration; checking on generated images")
+        return
+    check_options["images"] = held_out
+    if check_options.get("labels") is None and calib_set.labels_csv is not None:
+        check_options["labels"] = calib_set.labels_csv
+    log(f"checking on {len(held_out)} held-out images of {calib_set.source} (not used for calibration)")
+
+
+def _as_paths(images) -> list:
+    return [images] if isinstance(images, (str, os.PathLike)) else list(images)
 
 
 def _output_specs(ref, c: int, h: int, w: int) -> list[dict[str, Any]]:

@@ -115,19 +115,44 @@ def _progress(description: str, total: int | None, quiet: bool) -> Iterator:
         yield update
 
 
+class _BuildLog:
+    """The builder's log: each message is printed and becomes the spinner's text; ``progress``
+    shows a count in the spinner; ``paused`` stops the spinner while a library (NNCF) draws its
+    own progress bars; ``quiet`` tells such libraries to stay silent."""
+
+    def __init__(self, console=None, status=None):
+        self.console, self.status, self.quiet = console, status, console is None
+
+    def __call__(self, message: str) -> None:
+        if self.console is not None:
+            self.console.print(f"[dim]·[/dim] {message}")
+            self.status.update(message)
+
+    def progress(self, description: str, done: int, total: int | None) -> None:
+        if self.status is not None:
+            self.status.update(f"{description} {done}/{total}" if total else f"{description} {done}")
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        if self.status is None:
+            yield
+            return
+        self.status.stop()
+        try:
+            yield
+        finally:
+            self.status.start()
+
+
 @contextmanager
 def _status(quiet: bool) -> Iterator:
     """A spinner on stderr whose text follows the library's log messages."""
     if quiet:
-        yield lambda _m: None
+        yield _BuildLog()
         return
     console = _stderr()
     with console.status("starting") as status:
-        def log(message: str) -> None:
-            console.print(f"[dim]·[/dim] {message}")
-            status.update(message)
-
-        yield log
+        yield _BuildLog(console, status)
 
 
 def _images_arg(images: tuple[str, ...]) -> Any:
@@ -154,6 +179,15 @@ def _images_arg(images: tuple[str, ...]) -> Any:
 @click.option("--test-size", is_flag=True, help="Use the model's test_input_size/test_crop_pct where timm has them.")
 @click.option("--out", type=click.Path(), default=None, help="Artifact folder [engines/MODEL-BACKEND-PRECISION].")
 @click.option("--force", is_flag=True, help="Replace --out if it is an existing artifact.")
+@click.option("--calib", type=click.Path(), default=None, help="INT8: calibration images, a folder (recursive) or a CSV file list.")
+@click.option("--calib-size", type=int, default=300, show_default=True, help="INT8: calibration images to sample (seeded, stratified by class folder).")
+@click.option("--calib-seed", type=int, default=0, show_default=True, help="INT8: seed of the calibration sample.")
+@click.option("--recipe", type=click.Choice(["rexnet", "nncf"]), default=None, help="OpenVINO INT8: 'rexnet' (measured ignored scope, default) or NNCF's plain defaults.")
+@click.option("--preset", type=click.Choice(["performance", "mixed"]), default=None, help="OpenVINO INT8: NNCF preset [performance].")
+@click.option("--subset-size", type=int, default=None, help="OpenVINO INT8: images NNCF collects statistics on [all calibration images].")
+@click.option("--fast-bias-correction/--full-bias-correction", default=None, help="OpenVINO INT8: NNCF bias correction [fast].")
+@click.option("--max-drop", type=float, default=None, help="OpenVINO INT8: accuracy control; revert layers until top-1 agreement drops at most this much (e.g. 0.01).")
+@click.option("--check-size", type=click.IntRange(min=1), default=500, show_default=True, help="INT8: held-out calibration-source images to check on (when no --check-images).")
 @click.option("--check-images", type=click.Path(), default=None, help="Images to check the build on [generated images].")
 @click.option("--labels", type=click.Path(), default=None, help="CSV file,class_index for --check-images.")
 @click.option("--synthetic", type=int, default=32, show_default=True, help="Generated images to check on when no --check-images.")
@@ -164,6 +198,7 @@ def _images_arg(images: tuple[str, ...]) -> Any:
 @click.option("--json", "json_out", type=click.Path(), default=None, help="Write the manifest (with reports) here too.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 def build(model, head, backend, precision, precision_flag, weights, seed, device, batch_range, test_size, out, force,
+          calib, calib_size, calib_seed, recipe, preset, subset_size, fast_bias_correction, max_drop, check_size,
           check_images, labels, synthetic, skip_check, skip_bad, gate, bench_batches, json_out, quiet) -> None:
     """Compile the model into an engine artifact, check it against the FP32 reference, publish it."""
     from . import backends
@@ -186,9 +221,13 @@ def build(model, head, backend, precision, precision_flag, weights, seed, device
         _stderr().print(f"warning: random weights (seed {seed}): this engine is for testing, not for production")
     check_options = {"images": check_images, "labels": labels, "synthetic": synthetic, "skip_bad": skip_bad,
                      "gate": _parse_gate(gate)}
+    backend_options = {k: v for k, v in {"recipe": recipe, "preset": preset, "subset_size": subset_size,
+                                         "fast_bias_correction": fast_bias_correction, "max_drop": max_drop}.items()
+                       if v is not None}
     with _status(quiet) as log:
-        engine = run_build(model_spec, spec, out, force=force, check=not skip_check, check_options=check_options,
-                           bench_batches=batches, log=log)
+        engine = run_build(model_spec, spec, out, force=force, calib=calib, calib_size=calib_size, calib_seed=calib_seed,
+                           backend_options=backend_options, check=not skip_check, check_options=check_options,
+                           check_size=check_size, bench_batches=batches, log=log)
     with engine:
         reports = engine.manifest.get("reports", {})
         click.echo(f"built {engine.artifact.path} ({info.name} {precision}, {model})")

@@ -76,3 +76,42 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None):
     exe = Path(sys.executable).parent / "rexnet-deploy"
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=cwd, env=full_env, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def calib_dir(tmp_path_factory) -> Path:
+    """A generated ImageFolder: 4 class folders × 10 photo-like JPEGs."""
+    from rexnet_deploy.synthetic import synthetic_images
+
+    d = tmp_path_factory.mktemp("calib")
+    for i, img in enumerate(synthetic_images(40, seed=11)):
+        folder = d / f"class{i % 4}"
+        folder.mkdir(exist_ok=True)
+        img.save(folder / f"img{i:02d}.jpg", quality=90)
+    return d
+
+
+def _ov_build(tmp_path_factory, name: str, precision: str, **kwargs) -> Path:
+    pytest.importorskip("openvino")
+    from rexnet_deploy import BuildSpec, ModelSpec, WeightsSpec, build
+
+    out = tmp_path_factory.mktemp("engines") / name
+    engine = build(ModelSpec("rexnet_100", weights=WeightsSpec("random", seed=0)),
+                   BuildSpec(backend="openvino", precision=precision, batch=(1, 8)), out, **kwargs)
+    engine.close()
+    return out
+
+
+@pytest.fixture(scope="session")
+def ov_fp32_path(tmp_path_factory) -> Path:
+    """An OpenVINO FP32 artifact of rexnet_100 (random weights, seed 0), batch 1..8."""
+    return _ov_build(tmp_path_factory, "ov-fp32", "fp32", check_options={"synthetic": 8})
+
+
+@pytest.fixture(scope="session")
+def ov_int8_path(tmp_path_factory, calib_dir) -> Path:
+    """An OpenVINO INT8 artifact calibrated on 24 of the 40 generated images (16 held out).
+    Random weights have flat logits, so only the gate's cosine/SQNR parts are meaningful here."""
+    pytest.importorskip("nncf")
+    return _ov_build(tmp_path_factory, "ov-int8", "int8", calib=calib_dir, calib_size=24,
+                     check_options={"gate": {"top1_agreement": 0.0}})

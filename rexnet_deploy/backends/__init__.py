@@ -3,8 +3,10 @@
 Each backend module exposes the same two things (compare Polygraphy's one runner per backend and
 Ultralytics' export-format table):
 
-* ``build(ref, spec, writer, log) -> dict`` — compile the reference model into payload files in
-  ``writer`` and return the backend's part of the manifest;
+* ``build(ref, spec, writer, log, *, calib=None, options=None) -> dict`` — compile the reference
+  model into payload files in ``writer`` and return the backend's part of the manifest (``calib``
+  is a loaded :class:`rexnet_deploy.calibration.CalibrationSet` for INT8; ``options`` are the
+  backend's own build options);
 * ``ENGINE`` — the :class:`rexnet_deploy.engine.Engine` subclass that ``Engine.load`` returns.
 
 Modules are imported only when used, so a missing backend library never breaks the others.
@@ -27,11 +29,12 @@ class BackendInfo:
     precisions: tuple[str, ...]
     extra: str                      # pip extra that installs what the runtime needs
     runtime_imports: tuple[str, ...]  # modules the runtime needs (checked before importing)
-    build_imports: tuple[str, ...]    # modules a build needs beyond the runtime's
+    build_imports: tuple[str, ...]    # modules a build needs beyond the runtime's (the ``build`` extra)
     summary: str
+    extra_build_imports: tuple[str, ...] = ()  # build-only modules that come with ``extra`` (e.g. nncf)
 
     def available(self, *, for_build: bool = False) -> bool:
-        mods = self.runtime_imports + (self.build_imports if for_build else ())
+        mods = self.runtime_imports + (self.build_imports + self.extra_build_imports if for_build else ())
         return all(importlib.util.find_spec(m) is not None for m in mods)
 
 
@@ -45,8 +48,18 @@ BACKENDS: dict[str, BackendInfo] = {
         build_imports=("timm",),
         summary="traced + frozen TorchScript (libtorch services load it); FP16 on CUDA",
     ),
+    "openvino": BackendInfo(
+        name="openvino",
+        module="rexnet_deploy.backends.openvino",
+        precisions=("fp32", "fp16", "bf16", "int8"),
+        extra="openvino",
+        runtime_imports=("openvino",),
+        build_imports=("torch", "timm"),
+        extra_build_imports=("nncf",),
+        summary="OpenVINO IR for Intel CPUs; FP32 pinned to f32, FP16 weights, BF16, INT8 via NNCF; no torch at runtime",
+    ),
 }
-ALIASES = {"ts": "torchscript", "jit": "torchscript"}
+ALIASES = {"ts": "torchscript", "jit": "torchscript", "ov": "openvino"}
 
 
 def get(name: str) -> BackendInfo:
@@ -65,13 +78,14 @@ def check_precision(info: BackendInfo, precision: str) -> None:
 
 def load_module(info: BackendInfo, *, for_build: bool = False) -> ModuleType:
     """Import a backend module, turning a missing library into one clear line naming the extra."""
-    mods = info.runtime_imports + (info.build_imports if for_build else ())
+    own = info.runtime_imports + (info.extra_build_imports if for_build else ())
+    mods = own + (info.build_imports if for_build else ())
     missing = [m for m in mods if importlib.util.find_spec(m) is None]
     if missing:
-        extra = "build" if for_build and set(missing) <= set(info.build_imports) else info.extra
+        extras = [e for e, need in ((info.extra, own), ("build", info.build_imports)) if set(missing) & set(need)]
         raise BackendUnavailable(
             f"the {info.name} backend needs {', '.join(missing)}, which is not installed: "
-            f"pip install 'rexnet-deploy[{extra}]'"
+            f"pip install 'rexnet-deploy[{','.join(dict.fromkeys(extras))}]'"
         )
     return importlib.import_module(info.module)
 

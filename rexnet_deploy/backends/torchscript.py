@@ -45,9 +45,13 @@ def _torch_version() -> tuple[int, int]:
     return int(major), int(minor)
 
 
-def build(ref, spec, writer, log: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
+def build(ref, spec, writer, log: Callable[[str], None] = lambda _m: None, *, calib=None,
+          options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Trace the reference module into ``model.ts`` and prove it equals the reference at two batch sizes."""
     import torch
+
+    if options:
+        raise UsageError(f"the torchscript backend takes no build options ({', '.join(options)})")
 
     if spec.precision == "fp16" and spec.device != "cuda":
         raise UsageError("TorchScript FP16 needs --device cuda (FP16 convolutions on CPU are slow and not supported here)")

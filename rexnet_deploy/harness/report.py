@@ -80,8 +80,25 @@ def info_markdown(manifest: dict[str, Any], path: str) -> str:
         f"- outputs: " + ", ".join(f"{o['name']} {o['shape']}" for o in manifest["outputs"]),
         f"- files: " + ", ".join(manifest["files"]),
         f"- built {manifest.get('created')} with " + ", ".join(
-            f"{k} {v}" for k, v in manifest.get("environment", {}).items() if k in ("rexnet_deploy", "torch", "timm")),
+            f"{k} {v}" for k, v in manifest.get("environment", {}).items()
+            if k in ("rexnet_deploy", "torch", "timm", "openvino", "nncf")),
     ]
+    config = manifest.get("backend_config") or {}
+    if "inference_precision_hint" in config:
+        lines.append(f"- inference precision hint: {config['inference_precision_hint'] or 'CPU default'}"
+                     f" (ran {config.get('inference_precision_here', '?')} on the build host)")
+    cal = manifest.get("calibration")
+    if cal:
+        lines.append(f"- calibration: {cal['n']} images from {cal['source']} (seed {cal['seed']}, "
+                     f"{'stratified over ' + str(cal['classes']) + ' classes' if cal.get('stratified') else 'unstratified'}, "
+                     f"{cal.get('unreadable', 0)} unreadable), list sha256 {cal['list_sha256'][:12]}…")
+    q = config.get("quantization")
+    if q:
+        scope = q.get("ignored_scope") or {}
+        kept = sum(len(v) for v in scope.values()) if scope else 0
+        lines.append(f"- quantization: {q['tool']} {q['version']} {q['method']}, recipe {q['recipe']}, preset {q['preset']}, "
+                     f"{q['fake_quantize_ops']} FakeQuantize ops, {kept} ignored-scope entries"
+                     + (f", max drop {q['max_drop']}" if q.get("max_drop") is not None else ""))
     reports = manifest.get("reports") or {}
     if reports.get("check"):
         c = reports["check"]

@@ -1,0 +1,150 @@
+"""INT8 for the OpenVINO backend: NNCF post-training quantization on the calibration set.
+
+Two paths:
+
+* ``nncf.quantize`` with this project's recipe (``recipe="rexnet"``, the default; see RECIPES) or
+  NNCF's own defaults (``recipe="nncf"``);
+* ``--max-drop X``: ``nncf.quantize_with_accuracy_control``, whose metric is the harness's top-1
+  agreement with the FP32 model, so NNCF reverts the layers that cost agreement to floating
+  point until the drop is at most X. The model is quantized at a static batch-1 shape (a partly
+  reverted model compiled with a dynamic shape returned all-zero logits in OpenVINO 2026.4) and
+  given its dynamic batch dimension back afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import BuildError, UsageError
+
+PRESETS = ("performance", "mixed")
+OPTIONS = ("preset", "subset_size", "fast_bias_correction", "max_drop", "recipe")
+
+
+def _rexnet_scope(model) -> dict[str, list[str]]:
+    """Layers the default recipe keeps in floating point (measured; see the module docstring)."""
+    return {}
+
+
+# recipe name → (description, ignored-scope builder)
+RECIPES: dict[str, tuple[str, Callable[[Any], dict[str, list[str]]]]] = {
+    "rexnet": ("NNCF defaults plus the ReXNet ignored scope measured for this project", _rexnet_scope),
+    "nncf": ("NNCF's own defaults, nothing kept in floating point", lambda _m: {}),
+}
+
+
+def check_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Validate the INT8 build options (before any model is built); returns them with defaults."""
+    unknown = set(options) - set(OPTIONS)
+    if unknown:
+        raise UsageError(f"unknown INT8 options: {', '.join(sorted(unknown))}")
+    opts = {"preset": "performance", "recipe": "rexnet", "subset_size": None, "fast_bias_correction": True,
+            "max_drop": None, **{k: v for k, v in options.items() if v is not None}}
+    if opts["preset"] not in PRESETS:
+        raise UsageError(f"--preset must be one of {', '.join(PRESETS)}, got {opts['preset']!r}")
+    if opts["recipe"] not in RECIPES:
+        raise UsageError(f"--recipe must be one of {', '.join(RECIPES)}, got {opts['recipe']!r}")
+    if opts["subset_size"] is not None and int(opts["subset_size"]) < 1:
+        raise UsageError(f"--subset-size must be >= 1, got {opts['subset_size']}")
+    if opts["max_drop"] is not None and not 0 <= float(opts["max_drop"]) < 1:
+        raise UsageError(f"--max-drop is a top-1 agreement drop between 0 and 1, got {opts['max_drop']}")
+    opts["fast_bias_correction"] = bool(opts["fast_bias_correction"])
+    return opts
+
+
+def quantize(model, ref, calib, options: dict[str, Any], log: Callable[[str], None]) -> tuple[Any, dict[str, Any]]:
+    """Quantize the OpenVINO ``model`` on ``calib`` (a loaded CalibrationSet); returns the INT8
+    model and the manifest's record of how it was made."""
+    # NNCF imports torch's cpp_extension, which warns that a CPU host has no CUDA runtime
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    import nncf
+
+    if calib is None:
+        raise UsageError("--int8 needs calibration images: --calib DIR (a folder of real photos, or a CSV file list)")
+    opts = check_options(options)
+    preset_name, recipe, fast_bc, max_drop = opts["preset"], opts["recipe"], opts["fast_bias_correction"], opts["max_drop"]
+    subset_size = opts["subset_size"] or len(calib)
+    scope = RECIPES[recipe][1](model)
+    kwargs = dict(
+        preset=nncf.QuantizationPreset.MIXED if preset_name == "mixed" else nncf.QuantizationPreset.PERFORMANCE,
+        subset_size=min(subset_size, len(calib)),
+        fast_bias_correction=fast_bc,
+        ignored_scope=nncf.IgnoredScope(**scope, validate=False) if scope else None,
+    )
+    c, h, w = ref.data_config.input_size
+    dataset = nncf.Dataset(calib.tensors())
+    t0 = time.perf_counter()
+    with _nncf_output(log):
+        if max_drop is None:
+            log(f"quantizing with NNCF on {len(calib)} calibration images (recipe {recipe})")
+            quantized = nncf.quantize(model, dataset, **kwargs)
+        else:
+            log(f"quantizing with accuracy control (max top-1 agreement drop {max_drop:g}); this can take minutes")
+            quantized = _with_accuracy_control(model, calib, dataset, max_drop, kwargs, (c, h, w))
+    fq_before = _count(model, "FakeQuantize")
+    record = {
+        "tool": "nncf",
+        "version": nncf.__version__,
+        "method": "quantize_with_accuracy_control" if max_drop is not None else "quantize",
+        "recipe": recipe,
+        "preset": preset_name,
+        "subset_size": kwargs["subset_size"],
+        "fast_bias_correction": fast_bc,
+        "ignored_scope": scope,
+        "max_drop": max_drop,
+        "fake_quantize_ops": _count(quantized, "FakeQuantize") - fq_before,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    if record["fake_quantize_ops"] == 0:
+        raise BuildError("NNCF quantized nothing (no FakeQuantize in the result); cannot build an INT8 engine")
+    return quantized, record
+
+
+def _with_accuracy_control(model, calib, dataset, max_drop: float, kwargs: dict[str, Any], chw):
+    """Accuracy control with top-1 agreement to the FP32 model as the metric (per item, so NNCF
+    can rank layers by the items they flip)."""
+    import nncf
+    import openvino as ov
+
+    static = model.clone()
+    static.reshape({0: [1, *chw]})
+    fp32 = ov.Core().compile_model(static, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    items = [(x, int(np.argmax(fp32(x)[0]))) for x in calib.tensors()]
+    validation = nncf.Dataset(items, lambda item: item[0])
+
+    def agreement(compiled, data) -> tuple[float, list[float]]:
+        hits = [float(np.argmax(compiled(x)[0]) == want) for x, want in data]
+        return float(np.mean(hits)) if hits else 0.0, hits
+
+    quantized = nncf.quantize_with_accuracy_control(
+        static, nncf.Dataset([x for x, _ in items]), validation, agreement, max_drop=max_drop,
+        drop_type=nncf.DropType.ABSOLUTE, **kwargs)
+    quantized.reshape({0: [-1, *chw]})
+    return quantized
+
+
+@contextlib.contextmanager
+def _nncf_output(log):
+    """NNCF draws its own progress bars and logs through the ``nncf`` logger: show them unless
+    the caller is quiet (``log.quiet``), and pause the caller's spinner while they run."""
+    quiet = getattr(log, "quiet", False)
+    paused = getattr(log, "paused", contextlib.nullcontext)
+    logger = logging.getLogger("nncf")
+    level = logger.level
+    logger.setLevel(logging.ERROR if quiet else logging.WARNING)
+    sink = io.StringIO()
+    try:
+        with paused(), (contextlib.redirect_stdout(sink) if quiet else contextlib.nullcontext()):
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _count(model, op_type: str) -> int:
+    return sum(op.get_type_name() == op_type for op in model.get_ops())

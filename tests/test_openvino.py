@@ -1,0 +1,229 @@
+"""The OpenVINO backend on the real library: FP32 exactness and pinned precision, INT8 through NNCF
+on a calibration folder, static/dynamic shapes, throughput mode, threads, torch-free runtime."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rexnet_deploy import Engine
+from rexnet_deploy.errors import ArtifactError
+
+from .conftest import SHARED_CALIB, SHARED_WEIGHTS, run_cli
+
+pytest.importorskip("openvino")
+pytestmark = pytest.mark.slow
+
+
+def _batch(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, 3, 224, 224)).astype(np.float32)
+
+
+def _torch_reference(manifest):
+    from rexnet_deploy.harness.reference import TorchReference
+
+    return TorchReference.from_manifest(manifest)
+
+
+def test_fp32_engine_runs_pinned_f32_and_matches_pytorch(ov_fp32_path):
+    with Engine.load(ov_fp32_path) as engine:
+        m = engine.manifest
+        assert m["backend_config"]["inference_precision_hint"] == "f32"
+        assert "f32" in engine.inference_precision() or "float32" in engine.inference_precision()
+        assert m["reports"]["check"]["metrics"]["top1_agreement"] == 1.0
+        assert m["reports"]["check"]["metrics"]["cosine_min"] >= 0.9999
+        ref = _torch_reference(m)
+        for n in (1, 3, 8):
+            x = _batch(n, n)
+            np.testing.assert_allclose(engine(x), ref(x)[0], rtol=1e-3, atol=1e-3)
+
+
+def test_latency_and_throughput_modes_agree(ov_fp32_path):
+    x = _batch(7, 1)
+    with Engine.load(ov_fp32_path, mode="latency") as lat, Engine.load(ov_fp32_path, mode="throughput") as tput:
+        a, b = lat(x), tput(x)
+        assert b.shape == (7, 1000)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+        # infer() on more images than the batch range: chunks of 8 through the throughput path
+        many = _batch(19, 2)
+        np.testing.assert_allclose(tput.infer(many)[0], lat.infer(many)[0], rtol=1e-4, atol=1e-4)
+
+
+def test_one_engine_is_safe_to_call_from_many_threads(ov_fp32_path):
+    inputs = [_batch(n, 10 + i) for i, n in enumerate((1, 2, 8, 1, 5, 8, 3, 1))]
+    with Engine.load(ov_fp32_path) as engine:
+        want = [engine(x) for x in inputs]
+        got: dict[int, list[np.ndarray]] = {}
+        errors: list[BaseException] = []
+
+        def work(t: int) -> None:
+            try:
+                got[t] = [engine(inputs[(t + k) % len(inputs)]) for k in range(len(inputs))]
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(6)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+    assert not errors
+    for t, outs in got.items():
+        for k, out in enumerate(outs):
+            np.testing.assert_allclose(out, want[(t + k) % len(inputs)], rtol=1e-5, atol=1e-5)
+
+
+def test_int8_build_records_calibration_and_checks_on_held_out_images(ov_int8_path, calib_dir):
+    with Engine.load(ov_int8_path) as engine:
+        m = engine.manifest
+        cal = m["calibration"]
+        assert cal["n"] == 24 and cal["stratified"] and cal["classes"] == 4 and len(cal["list_sha256"]) == 64
+        q = m["backend_config"]["quantization"]
+        assert q["tool"] == "nncf" and q["fake_quantize_ops"] > 50
+        assert m["backend_config"]["inference_precision_hint"] == "f32"
+        report = m["reports"]["check"]
+        assert report["n_images"] == 16  # the 40 - 24 images not used for calibration
+        held = {str(p) for p in (calib_dir).rglob("*.jpg")}
+        assert report["images"]["kind"] == "files"
+        assert report["metrics"]["cosine_mean"] > 0.9
+        x = _batch(4, 3)
+        out = engine(x)
+        assert np.isfinite(out).all() and out.std() > 0
+        assert len(held) == 40
+
+
+def test_int8_static_and_dynamic_shapes_agree(ov_int8_path):
+    """The engine compiles static shapes; the IR's dynamic batch must give the same logits (a
+    partly reverted INT8 model has returned all-zero logits at a dynamic shape)."""
+    import openvino as ov
+
+    with Engine.load(ov_int8_path) as engine:
+        x = _batch(3, 4)
+        static = engine(x)
+        core = ov.Core()
+        dynamic = core.compile_model(str(engine.artifact.file("model.xml")), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        np.testing.assert_allclose(dynamic(x)[0], static, rtol=1e-3, atol=1e-3)
+        assert np.abs(static).max() > 0
+
+
+def test_runtime_imports_neither_torch_nor_timm(ov_int8_path, image_dir):
+    code = (
+        "import json, sys, resource\n"
+        "from rexnet_deploy import Engine\n"
+        f"e = Engine.load({str(ov_int8_path)!r})\n"
+        f"p = e.predict({str(next(image_dir.glob('*.jpg')))!r}, topk=3)\n"
+        "print(json.dumps({'torch': 'torch' in sys.modules, 'timm': 'timm' in sys.modules,"
+        " 'nncf': 'nncf' in sys.modules, 'n': len(p[0]),"
+        " 'rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got == {**got, "torch": False, "timm": False, "nncf": False, "n": 3}
+
+
+def test_tampered_ir_is_refused(ov_fp32_path, tmp_path):
+    import shutil
+
+    copy = tmp_path / "ov"
+    shutil.copytree(ov_fp32_path, copy)
+    data = bytearray((copy / "model.bin").read_bytes())
+    data[1000] ^= 0xFF
+    (copy / "model.bin").write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="checksum mismatch .*model.bin"):
+        Engine.load(copy)
+    r = run_cli("predict", str(copy), str(tmp_path))
+    assert r.returncode == 2 and r.stderr.strip().startswith("error: checksum mismatch") and "Traceback" not in r.stderr
+
+
+def test_check_and_bench_work_unchanged(ov_fp32_path):
+    r = run_cli("bench", str(ov_fp32_path), "--batch", "1,8", "--seconds", "0.3", "--warmup", "1", "--no-save", "-q")
+    assert r.returncode == 0, r.stderr
+    assert "| 8 |" in r.stdout and "speedup" in r.stdout
+
+
+@pytest.mark.shared_data
+def test_stand_in_weights_int8_on_real_photos(tmp_path):
+    """The default INT8 recipe on trained-like weights, checked on held-out real photos."""
+    r = run_cli("build", "--backend", "openvino", "--int8", "--calib", str(SHARED_CALIB), "--weights",
+                str(SHARED_WEIGHTS), "--out", str(tmp_path / "e"), "--json", str(tmp_path / "m.json"), "-q")
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "m.json").read_text())
+    metrics = m["reports"]["check"]["metrics"]
+    assert m["reports"]["check"]["n_images"] == 100
+    assert metrics["top1_agreement"] >= 0.90 and metrics["cosine_min"] >= 0.95
+
+
+# -- bad input: one error line, exit 2, nothing written -----------------------------------------
+def _build_args(tmp_path, *extra: str) -> list[str]:
+    return ["build", "--backend", "openvino", "--weights", "random", "--out", str(tmp_path / "out"), "-q", *extra]
+
+
+def _one_error_line(r, *fragments: str) -> str:
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith("warning:")]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in r.stderr, r.stderr
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
+    return lines[0]
+
+
+@pytest.mark.parametrize("make_args, fragments", [
+    (lambda t, c: ["--int8"], ["--int8 needs calibration images", "--calib DIR"]),
+    (lambda t, c: ["--calib", str(c)], ["--calib is for --int8 builds"]),
+    (lambda t, c: ["--int8", "--calib", str(t)], ["no image files"]),
+    (lambda t, c: ["--int8", "--calib", str(t / "nope")], ["calibration source not found"]),
+    (lambda t, c: ["--int8", "--calib", str(c), "--max-drop", "1.5"], ["--max-drop"]),
+    (lambda t, c: ["--preset", "mixed"], ["--preset only apply to --int8 builds"]),
+    (lambda t, c: ["--device", "cuda"], ["builds CPU engines"]),
+])
+def test_bad_build_options_fail_fast(tmp_path, calib_dir, make_args, fragments):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = run_cli(*_build_args(tmp_path, *make_args(empty, calib_dir)))
+    _one_error_line(r, *fragments)
+    assert not (tmp_path / "out").exists()
+
+
+def test_too_few_calibration_images(tmp_path, calib_dir):
+    few = tmp_path / "few"
+    few.mkdir()
+    for f in sorted(calib_dir.rglob("*.jpg"))[:5]:
+        (few / f.name).write_bytes(f.read_bytes())
+    (few / "broken.jpg").write_bytes(b"\xff\xd8\xff broken")
+    r = run_cli(*_build_args(tmp_path, "--int8", "--calib", str(few)))
+    _one_error_line(r, "at least 16 readable images", "has 5 (1 unreadable)")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
+
+
+def test_missing_nncf_names_the_extra(tmp_path, calib_dir):
+    blocker = tmp_path / "site"
+    blocker.mkdir()
+    # a sitecustomize that makes nncf look uninstalled to importlib.util.find_spec
+    (blocker / "sitecustomize.py").write_text(
+        "import importlib.util as u\n_f = u.find_spec\n"
+        "u.find_spec = lambda n, *a, **k: None if n.split('.')[0] == 'nncf' else _f(n, *a, **k)\n")
+    import os
+
+    env = {"PYTHONPATH": f"{blocker}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    r = run_cli(*_build_args(tmp_path, "--int8", "--calib", str(calib_dir)), env=env)
+    _one_error_line(r, "needs nncf", "pip install 'rexnet-deploy[openvino]'")
+
+
+def test_check_images_overlapping_calibration_warn(calib_dir):
+    """Build-time overlap warning is checked via the library; the CLI check needs no rebuild."""
+    from rexnet_deploy import calibration
+
+    plan = calibration.select(calib_dir, 24)
+    messages: list[str] = []
+    from rexnet_deploy.builder import _plan_check_images
+
+    plan.files = plan.candidates[:24]
+    _plan_check_images(plan, {"images": calib_dir}, 100, messages.append)
+    assert messages and "24 check image(s) are calibration images" in messages[0]
