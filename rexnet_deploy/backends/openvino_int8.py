@@ -17,6 +17,7 @@ import contextlib
 import io
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -27,15 +28,24 @@ PRESETS = ("performance", "mixed")
 OPTIONS = ("preset", "subset_size", "fast_bias_correction", "max_drop", "recipe")
 
 
-def _rexnet_scope(model) -> dict[str, list[str]]:
-    """Layers the default recipe keeps in floating point (measured; see the module docstring)."""
-    return {}
+@dataclass(frozen=True)
+class Recipe:
+    description: str
+    overflow_fix: str  # NNCF OverflowFix value: "enable" | "first_layer_only" | "disable"
+    ignored_scope: dict[str, list[str]] = field(default_factory=dict)
 
 
-# recipe name → (description, ignored-scope builder)
-RECIPES: dict[str, tuple[str, Callable[[Any], dict[str, list[str]]]]] = {
-    "rexnet": ("NNCF defaults plus the ReXNet ignored scope measured for this project", _rexnet_scope),
-    "nncf": ("NNCF's own defaults, nothing kept in floating point", lambda _m: {}),
+# Measured on rexnet_100 with the trained stand-in weights, 300 calibration photos, 100 held-out
+# photos (top-1 agreement / min cosine vs FP32): NNCF defaults 94% / 0.981; overflow fix on every
+# layer 98% / 0.991; overflow fix off 78% / 0.878. No single block, SE gate, SiLU input, stem or
+# head explained the loss when kept in FP32 (each within ±2%, the noise of 100 images); the
+# weights' int16 saturation did. CPUs without VNNI/AMX (AVX2, AVX-512 without VNNI) multiply u8×s8
+# pairs into int16 (vpmaddubsw), which saturates; 7-bit weights cannot. NNCF fixes only the first
+# layer by default. An artifact can be served on another CPU than it was built on, so the recipe
+# uses 7-bit weights everywhere (on a VNNI CPU that costs one bit of weight resolution, no speed).
+RECIPES: dict[str, Recipe] = {
+    "rexnet": Recipe("NNCF defaults with the overflow fix (7-bit weights) on every layer", "enable"),
+    "nncf": Recipe("NNCF's own defaults (overflow fix on the first layer only)", "first_layer_only"),
 }
 
 
@@ -70,23 +80,28 @@ def quantize(model, ref, calib, options: dict[str, Any], log: Callable[[str], No
     opts = check_options(options)
     preset_name, recipe, fast_bc, max_drop = opts["preset"], opts["recipe"], opts["fast_bias_correction"], opts["max_drop"]
     subset_size = opts["subset_size"] or len(calib)
-    scope = RECIPES[recipe][1](model)
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+
+    scope = RECIPES[recipe].ignored_scope
+    overflow_fix = RECIPES[recipe].overflow_fix
     kwargs = dict(
         preset=nncf.QuantizationPreset.MIXED if preset_name == "mixed" else nncf.QuantizationPreset.PERFORMANCE,
         subset_size=min(subset_size, len(calib)),
         fast_bias_correction=fast_bc,
         ignored_scope=nncf.IgnoredScope(**scope, validate=False) if scope else None,
     )
+    advanced = AdvancedQuantizationParameters(overflow_fix=OverflowFix(overflow_fix))
     c, h, w = ref.data_config.input_size
     dataset = nncf.Dataset(calib.tensors())
     t0 = time.perf_counter()
-    with _nncf_output(log):
+    with _nncf_output(log, verbose=max_drop is not None):
         if max_drop is None:
             log(f"quantizing with NNCF on {len(calib)} calibration images (recipe {recipe})")
-            quantized = nncf.quantize(model, dataset, **kwargs)
+            quantized = nncf.quantize(model, dataset, advanced_parameters=advanced, **kwargs)
         else:
             log(f"quantizing with accuracy control (max top-1 agreement drop {max_drop:g}); this can take minutes")
-            quantized = _with_accuracy_control(model, calib, dataset, max_drop, kwargs, (c, h, w))
+            quantized = _with_accuracy_control(model, calib, max_drop, dict(kwargs, advanced_quantization_parameters=advanced),
+                                               (c, h, w))
     fq_before = _count(model, "FakeQuantize")
     record = {
         "tool": "nncf",
@@ -96,6 +111,7 @@ def quantize(model, ref, calib, options: dict[str, Any], log: Callable[[str], No
         "preset": preset_name,
         "subset_size": kwargs["subset_size"],
         "fast_bias_correction": fast_bc,
+        "overflow_fix": overflow_fix,
         "ignored_scope": scope,
         "max_drop": max_drop,
         "fake_quantize_ops": _count(quantized, "FakeQuantize") - fq_before,
@@ -106,7 +122,7 @@ def quantize(model, ref, calib, options: dict[str, Any], log: Callable[[str], No
     return quantized, record
 
 
-def _with_accuracy_control(model, calib, dataset, max_drop: float, kwargs: dict[str, Any], chw):
+def _with_accuracy_control(model, calib, max_drop: float, kwargs: dict[str, Any], chw):
     """Accuracy control with top-1 agreement to the FP32 model as the metric (per item, so NNCF
     can rank layers by the items they flip)."""
     import nncf
@@ -130,14 +146,15 @@ def _with_accuracy_control(model, calib, dataset, max_drop: float, kwargs: dict[
 
 
 @contextlib.contextmanager
-def _nncf_output(log):
+def _nncf_output(log, verbose: bool = False):
     """NNCF draws its own progress bars and logs through the ``nncf`` logger: show them unless
     the caller is quiet (``log.quiet``), and pause the caller's spinner while they run."""
     quiet = getattr(log, "quiet", False)
     paused = getattr(log, "paused", contextlib.nullcontext)
     logger = logging.getLogger("nncf")
     level = logger.level
-    logger.setLevel(logging.ERROR if quiet else logging.WARNING)
+    # accuracy control reports its drop and the layers it reverts at INFO: worth showing
+    logger.setLevel(logging.ERROR if quiet else (logging.INFO if verbose else logging.WARNING))
     sink = io.StringIO()
     try:
         with paused(), (contextlib.redirect_stdout(sink) if quiet else contextlib.nullcontext()):

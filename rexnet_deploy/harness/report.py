@@ -97,7 +97,8 @@ def info_markdown(manifest: dict[str, Any], path: str) -> str:
         scope = q.get("ignored_scope") or {}
         kept = sum(len(v) for v in scope.values()) if scope else 0
         lines.append(f"- quantization: {q['tool']} {q['version']} {q['method']}, recipe {q['recipe']}, preset {q['preset']}, "
-                     f"{q['fake_quantize_ops']} FakeQuantize ops, {kept} ignored-scope entries"
+                     f"overflow fix {q.get('overflow_fix', '?')}, {q['fake_quantize_ops']} FakeQuantize ops, "
+                     f"{kept} ignored-scope entries"
                      + (f", max drop {q['max_drop']}" if q.get("max_drop") is not None else ""))
     reports = manifest.get("reports") or {}
     if reports.get("check"):
