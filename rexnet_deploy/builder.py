@@ -62,7 +62,7 @@ def build(
             calib_set.load(ref.data_config, progress=(lambda d, t: step("reading calibration images", d, t)) if step else None)
             bad = f", {len(calib_set.skipped)} unreadable skipped" if calib_set.skipped else ""
             log(f"calibration set: {len(calib_set)} images from {calib_set.source}{bad}")
-            _plan_check_images(calib_set, check_options, check_size, log)
+            overlap = _plan_check_images(calib_set, check_options, check_size, log)
         log(f"compiling for {info.name} {spec.precision}")
         part = backend.build(ref, spec, writer, log, calib=calib_set, options=backend_options or None)
 
@@ -112,7 +112,7 @@ def build(
                 log("checking against the FP32 reference")
                 report = run_check(engine, reference=reference, **check_options)
                 if calib_set is not None and check_options.get("images") is not None:
-                    report["images"]["calibration_overlap"] = calib_set.overlap(_as_paths(check_options["images"]))
+                    report["images"]["calibration_overlap"] = overlap
                 artifact.set_report("check", report)
                 if not report["gate"]["passed"]:
                     raise GateFailed("build gate failed, nothing written: " + "; ".join(report["gate"]["failures"]))
@@ -132,7 +132,7 @@ def _plan_calibration(spec: BuildSpec, calib, size: int, seed: int) -> calibrati
     """Pick the calibration sample before any model is built (bad input fails fast)."""
     if calib is None:
         if spec.precision == "int8":
-            raise UsageError("--int8 needs calibration images: --calib DIR (a folder of real photos, or a CSV file list)")
+            raise UsageError(calibration.MISSING)
         return None
     if spec.precision != "int8":
         raise UsageError(f"--calib is for --int8 builds; a {spec.precision} build does not calibrate")
@@ -140,27 +140,25 @@ def _plan_calibration(spec: BuildSpec, calib, size: int, seed: int) -> calibrati
 
 
 def _plan_check_images(calib_set: calibration.CalibrationSet, check_options: dict[str, Any], check_size: int,
-                       log: Log) -> None:
+                       log: Log) -> int:
     """Check on held-out images of the calibration source unless check images were given; warn
-    when given check images overlap the calibration images (agreement on them reads high)."""
+    when given check images overlap the calibration images (agreement on them reads high).
+    Returns how many check images are calibration images."""
     given = check_options.get("images")
     if given is not None:
-        n = calib_set.overlap(_as_paths(given))
+        n = calib_set.overlap([given] if isinstance(given, (str, os.PathLike)) else list(given))
         if n:
             log(f"warning: {n} check image(s) are calibration images; agreement measured on them reads high")
-        return
+        return n
     held_out = calib_set.held_out[:check_size]
     if not held_out:
         log("warning: every image of the calibration source is used for calibration; checking on generated images")
-        return
+        return 0
     check_options["images"] = held_out
     if check_options.get("labels") is None and calib_set.labels_csv is not None:
         check_options["labels"] = calib_set.labels_csv
     log(f"checking on {len(held_out)} held-out images of {calib_set.source} (not used for calibration)")
-
-
-def _as_paths(images) -> list:
-    return [images] if isinstance(images, (str, os.PathLike)) else list(images)
+    return 0
 
 
 def _output_specs(ref, c: int, h: int, w: int) -> list[dict[str, Any]]:

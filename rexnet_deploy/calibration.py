@@ -25,6 +25,7 @@ from .preprocess import PreprocessConfig, preprocess_image
 
 DEFAULT_SIZE = 300
 MIN_IMAGES = 16  # below this, ranges come from too few activations to trust
+MISSING = "--int8 needs calibration images: --calib DIR (a folder of real photos, or a CSV file list)"
 
 
 @dataclass

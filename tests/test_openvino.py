@@ -35,7 +35,7 @@ def test_fp32_engine_runs_pinned_f32_and_matches_pytorch(ov_fp32_path):
     with Engine.load(ov_fp32_path) as engine:
         m = engine.manifest
         assert m["backend_config"]["inference_precision_hint"] == "f32"
-        assert "f32" in engine.inference_precision() or "float32" in engine.inference_precision()
+        assert engine.inference_precision() == "f32"
         assert m["reports"]["check"]["metrics"]["top1_agreement"] == 1.0
         assert m["reports"]["check"]["metrics"]["cosine_min"] >= 0.9999
         ref = _torch_reference(m)
@@ -79,7 +79,7 @@ def test_one_engine_is_safe_to_call_from_many_threads(ov_fp32_path):
             np.testing.assert_allclose(out, want[(t + k) % len(inputs)], rtol=1e-5, atol=1e-5)
 
 
-def test_int8_build_records_calibration_and_checks_on_held_out_images(ov_int8_path, calib_dir):
+def test_int8_build_records_calibration_and_checks_on_held_out_images(ov_int8_path):
     with Engine.load(ov_int8_path) as engine:
         m = engine.manifest
         cal = m["calibration"]
@@ -89,13 +89,10 @@ def test_int8_build_records_calibration_and_checks_on_held_out_images(ov_int8_pa
         assert m["backend_config"]["inference_precision_hint"] == "f32"
         report = m["reports"]["check"]
         assert report["n_images"] == 16  # the 40 - 24 images not used for calibration
-        held = {str(p) for p in (calib_dir).rglob("*.jpg")}
-        assert report["images"]["kind"] == "files"
+        assert report["images"]["kind"] == "files" and report["images"]["calibration_overlap"] == 0
         assert report["metrics"]["cosine_mean"] > 0.9
-        x = _batch(4, 3)
-        out = engine(x)
+        out = engine(_batch(4, 3))
         assert np.isfinite(out).all() and out.std() > 0
-        assert len(held) == 40
 
 
 def test_int8_static_and_dynamic_shapes_agree(ov_int8_path):
@@ -156,7 +153,7 @@ def test_stand_in_weights_int8_on_real_photos(tmp_path):
     m = json.loads((tmp_path / "m.json").read_text())
     metrics = m["reports"]["check"]["metrics"]
     assert m["reports"]["check"]["n_images"] == 100
-    assert metrics["top1_agreement"] >= 0.90 and metrics["cosine_min"] >= 0.95
+    assert metrics["top1_agreement"] >= 0.96 and metrics["cosine_min"] >= 0.98  # measured 0.98 / 0.991
 
 
 # -- bad input: one error line, exit 2, nothing written -----------------------------------------

@@ -126,7 +126,7 @@ def _verify(xml, ref, spec, hint: str | None, log) -> str:
         static_model = model.clone()
         static_model.reshape({0: [n, c, h, w]})
         compiled = core.compile_model(static_model, "CPU", config)
-        effective = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        effective = _precision_of(compiled)
         for label, cm in (("static", compiled), ("dynamic", dynamic)):
             res = cm.create_infer_request().infer({0: x.numpy()})
             for k, expected in enumerate(want):
@@ -138,7 +138,12 @@ def _verify(xml, ref, spec, hint: str | None, log) -> str:
                     err = float(np.abs(got - expected).max())
                     raise BuildError(f"the OpenVINO FP32 model differs from PyTorch at batch {n} "
                                      f"({label} shape, max abs error {err:.3g}); cannot build")
-    return {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}.get(effective.split("'")[1] if "'" in effective else effective, effective)
+    return effective
+
+
+def _precision_of(compiled) -> str:
+    """The precision a compiled model runs in, as OpenVINO spells it (f32, bf16, f16)."""
+    return compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
 
 
 def _nncf_version(precision: str) -> dict[str, str]:
@@ -189,6 +194,7 @@ class OpenVINOEngine(Engine):
         self._lock = threading.Lock()
         self._compiled: dict[tuple[str, int], Any] = {}
         self._pools: dict[tuple[str, int], queue.SimpleQueue] = {}
+        self._n_streams: int | None = None  # of the THROUGHPUT-hint models, read on first use
 
     # compiled models and request pools, created once per (hint, batch) under the lock
     def _compiled_for(self, kind: str, n: int):
@@ -214,7 +220,7 @@ class OpenVINOEngine(Engine):
 
     def inference_precision(self, batch: int = 1) -> str:
         """The precision the CPU plugin runs this engine in (after the pinned hint)."""
-        return str(self._compiled_for("LATENCY", batch).get_property("INFERENCE_PRECISION_HINT"))
+        return _precision_of(self._compiled_for("LATENCY", batch))
 
     def _infer(self, batch: np.ndarray) -> list[np.ndarray]:
         n = len(batch)
@@ -233,7 +239,7 @@ class OpenVINOEngine(Engine):
     def _infer_throughput(self, batch: np.ndarray) -> list[np.ndarray]:
         """Split the batch into one static-shape part per stream and run the parts concurrently
         through an ``AsyncInferQueue`` (a short last part is padded, so one compiled shape serves)."""
-        if not hasattr(self, "_n_streams"):
+        if self._n_streams is None:
             probe = self._compiled_for("THROUGHPUT", 1)
             self._n_streams = max(1, int(probe.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         n = len(batch)

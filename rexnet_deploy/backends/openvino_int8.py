@@ -76,7 +76,9 @@ def quantize(model, ref, calib, options: dict[str, Any], log: Callable[[str], No
     import nncf
 
     if calib is None:
-        raise UsageError("--int8 needs calibration images: --calib DIR (a folder of real photos, or a CSV file list)")
+        from ..calibration import MISSING
+
+        raise UsageError(MISSING)
     opts = check_options(options)
     preset_name, recipe, fast_bc, max_drop = opts["preset"], opts["recipe"], opts["fast_bias_correction"], opts["max_drop"]
     subset_size = opts["subset_size"] or len(calib)
