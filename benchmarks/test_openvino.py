@@ -17,7 +17,6 @@ The INT8 speed targets assume INT8 dot-product instructions (VNNI/AMX); on a CPU
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
@@ -156,25 +155,13 @@ def test_int8_build_time_target(int8_build):
 
 
 def test_fresh_process_rss_and_no_torch(ov_int8, calib_source, tmp_path):
+    from tests.conftest import fresh_process_predict
+
     shutil.copytree(ov_int8.artifact.path, tmp_path / "e")
     image = next(p for p in sorted(calib_source.rglob("*")) if p.suffix.lower() in (".jpg", ".jpeg"))
-    code = (
-        "import json, sys\n"
-        "from rexnet_deploy import Engine\n"
-        # VmHWM, not ru_maxrss: ru_maxrss survives exec and would report the forking pytest's size
-        "def peak_rss_mb():\n"
-        "    line = next(l for l in open('/proc/self/status') if l.startswith('VmHWM'))\n"
-        "    return int(line.split()[1]) / 1024\n"
-        f"e = Engine.load({str(tmp_path / 'e')!r})\n"
-        f"e.predict({str(image)!r})\n"
-        "print(json.dumps({'rss_mb': peak_rss_mb(),"
-        " 'torch': 'torch' in sys.modules}))\n"
-    )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    got = json.loads(r.stdout.strip().splitlines()[-1])
+    got = fresh_process_predict(tmp_path / "e", image)
     print(f"peak RSS {got['rss_mb']:.0f} MB")
-    assert not got["torch"]
+    assert got["imported"] == []
     assert got["rss_mb"] <= 200, f"peak RSS {got['rss_mb']:.0f} MB (target <= 200 MB)"
 
 

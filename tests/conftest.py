@@ -115,3 +115,24 @@ def ov_int8_path(tmp_path_factory, calib_dir) -> Path:
     pytest.importorskip("nncf")
     return _ov_build(tmp_path_factory, "ov-int8", "int8", calib=calib_dir, calib_size=24,
                      check_options={"gate": {"top1_agreement": 0.0}})
+
+
+def fresh_process_predict(artifact: Path, image: Path) -> dict:
+    """``Engine.load`` + one ``predict`` in a new Python process: which heavy modules it imported,
+    the number of predictions, and its peak RSS in MB (VmHWM; ``ru_maxrss`` survives exec and
+    would report the size of the forking pytest process)."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys\n"
+        "from rexnet_deploy import Engine\n"
+        f"p = Engine.load({str(artifact)!r}).predict({str(image)!r}, topk=3)\n"
+        "hwm = next(l for l in open('/proc/self/status') if l.startswith('VmHWM'))\n"
+        "print(json.dumps({'imported': sorted(m for m in ('torch', 'timm', 'nncf') if m in sys.modules),"
+        " 'n': len(p[0]), 'rss_mb': int(hwm.split()[1]) / 1024}))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])

@@ -4,8 +4,6 @@ on a calibration folder, static/dynamic shapes, throughput mode, threads, torch-
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import pytest
 from rexnet_deploy import Engine
 from rexnet_deploy.errors import ArtifactError
 
-from .conftest import SHARED_CALIB, SHARED_WEIGHTS, run_cli
+from .conftest import SHARED_CALIB, SHARED_WEIGHTS, fresh_process_predict, run_cli
 
 pytest.importorskip("openvino")
 pytestmark = pytest.mark.slow
@@ -110,18 +108,8 @@ def test_int8_static_and_dynamic_shapes_agree(ov_int8_path):
 
 
 def test_runtime_imports_neither_torch_nor_timm(ov_int8_path, image_dir):
-    code = (
-        "import json, sys\n"
-        "from rexnet_deploy import Engine\n"
-        f"e = Engine.load({str(ov_int8_path)!r})\n"
-        f"p = e.predict({str(next(image_dir.glob('*.jpg')))!r}, topk=3)\n"
-        "print(json.dumps({'torch': 'torch' in sys.modules, 'timm': 'timm' in sys.modules,"
-        " 'nncf': 'nncf' in sys.modules, 'n': len(p[0])}))\n"
-    )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    got = json.loads(r.stdout.strip().splitlines()[-1])
-    assert got == {**got, "torch": False, "timm": False, "nncf": False, "n": 3}
+    got = fresh_process_predict(ov_int8_path, next(image_dir.glob("*.jpg")))
+    assert got["imported"] == [] and got["n"] == 3
 
 
 def test_tampered_ir_is_refused(ov_fp32_path, tmp_path):
