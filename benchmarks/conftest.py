@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "models" / "rexnet_100-exemplar400.safetensors"
+SHARED_CALIB = SHARED_WEIGHTS.parents[1] / "data" / "imagenet-sample" / "calib"
+HAVE_SHARED = SHARED_WEIGHTS.is_file() and SHARED_CALIB.is_dir()
 
 
 @pytest.fixture(scope="session")
@@ -42,3 +44,24 @@ def ratios() -> dict:
 
 def batch_of(n: int) -> np.ndarray:
     return np.random.default_rng(0).standard_normal((n, 3, 224, 224), dtype=np.float32)
+
+
+@pytest.fixture(scope="session")
+def calib_source(tmp_path_factory) -> Path:
+    """Calibration images for INT8 builds: the shared real photos, or 64 generated ones."""
+    if HAVE_SHARED:
+        return SHARED_CALIB
+    from rexnet_deploy.synthetic import synthetic_images
+
+    d = tmp_path_factory.mktemp("calib")
+    for i, img in enumerate(synthetic_images(64, seed=3)):
+        img.save(d / f"{i:03d}.jpg", quality=90)
+    return d
+
+
+def build_engine(out: Path, backend: str, precision: str, weights_arg: str, **kwargs):
+    """A rexnet_100 engine with batch range 1..32 (``kwargs`` go to ``rexnet_deploy.build``)."""
+    from rexnet_deploy import BuildSpec, ModelSpec, WeightsSpec, build
+
+    return build(ModelSpec("rexnet_100", weights=WeightsSpec.parse(weights_arg)),
+                 BuildSpec(backend=backend, precision=precision, batch=(1, 32)), out, **kwargs)

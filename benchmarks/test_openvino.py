@@ -27,11 +27,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .conftest import SHARED_WEIGHTS, batch_of
+from .conftest import HAVE_SHARED, batch_of, build_engine
 
 pytest.importorskip("openvino")
-SHARED_CALIB = SHARED_WEIGHTS.parents[1] / "data" / "imagenet-sample" / "calib"
-HAVE_SHARED = SHARED_WEIGHTS.is_file() and SHARED_CALIB.is_dir()
 BATCHES = (1, 32)
 
 
@@ -45,27 +43,9 @@ needs_vnni = pytest.mark.xfail(not _int8_dot_product(), strict=False,
 
 
 @pytest.fixture(scope="session")
-def calib_source(tmp_path_factory) -> Path:
-    if HAVE_SHARED:
-        return SHARED_CALIB
-    from rexnet_deploy.synthetic import synthetic_images
-
-    d = tmp_path_factory.mktemp("calib")
-    for i, img in enumerate(synthetic_images(64, seed=3)):
-        img.save(d / f"{i:03d}.jpg", quality=90)
-    return d
-
-
-def _build(out: Path, precision: str, weights_arg: str, **kwargs):
-    from rexnet_deploy import BuildSpec, ModelSpec, WeightsSpec, build
-
-    return build(ModelSpec("rexnet_100", weights=WeightsSpec.parse(weights_arg)),
-                 BuildSpec(backend="openvino", precision=precision, batch=(1, 32)), out, **kwargs)
-
-
-@pytest.fixture(scope="session")
 def ov_fp32(tmp_path_factory, weights_arg):
-    engine = _build(tmp_path_factory.mktemp("bench") / "ov-fp32", "fp32", weights_arg, check_options={"synthetic": 8})
+    engine = build_engine(tmp_path_factory.mktemp("bench") / "ov-fp32", "openvino", "fp32", weights_arg,
+                          check_options={"synthetic": 8})
     yield engine
     engine.close()
 
@@ -74,8 +54,8 @@ def ov_fp32(tmp_path_factory, weights_arg):
 def int8_build(tmp_path_factory, weights_arg, calib_source):
     t0 = time.perf_counter()
     gate = None if HAVE_SHARED else {"top1_agreement": 0.0}  # random weights: flat logits
-    engine = _build(tmp_path_factory.mktemp("bench") / "ov-int8", "int8", weights_arg, calib=calib_source,
-                    calib_size=300, check_options={"gate": gate})
+    engine = build_engine(tmp_path_factory.mktemp("bench") / "ov-int8", "openvino", "int8", weights_arg, calib=calib_source,
+                          calib_size=300, check_options={"gate": gate})
     seconds = time.perf_counter() - t0
     yield engine, seconds
     engine.close()

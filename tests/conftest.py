@@ -136,3 +136,31 @@ def fresh_process_predict(artifact: Path, image: Path) -> dict:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def error_line(r, code: int = 2) -> str:
+    """The single stderr line of a refused command, after checking the exit code and no traceback."""
+    assert "Traceback" not in r.stderr + r.stdout, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == code, f"exit {r.returncode}, expected {code}; stderr: {r.stderr!r}"
+    assert len(lines) == 1, f"expected exactly one stderr line, got {lines!r}"
+    assert lines[0].startswith("error: "), lines[0]
+    assert not lines[0].startswith("error: unexpected"), lines[0]  # the exit-70 "this is a bug" path
+    return lines[0]
+
+
+def expect_error(r, *fragments: str, code: int = 2) -> str:
+    line = error_line(r, code)
+    for fragment in fragments:
+        assert fragment in line, f"{fragment!r} not in {line!r}"
+    return line
+
+
+def without_module(tmp_path: Path, module: str) -> dict:
+    """Environment for a subprocess in which ``module`` looks uninstalled to importlib.util.find_spec."""
+    site = tmp_path / f"without-{module}"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import importlib.util as u\n_f = u.find_spec\n"
+        f"u.find_spec = lambda n, *a, **k: None if n.split('.')[0] == {module!r} else _f(n, *a, **k)\n")
+    return {"PYTHONPATH": f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}

@@ -25,30 +25,12 @@ from rexnet_deploy import BuildSpec, Engine, ModelSpec, WeightsSpec, build
 from rexnet_deploy.errors import (ArtifactError, BuildError, ImageError, InputError, RexnetDeployError, UsageError,
                                   WeightsError)
 
-from .conftest import run_cli
+from .conftest import error_line, expect_error, run_cli
 
 RANDOM = ("--weights", "random", "--seed", "0", "-q")
 
 
 # -- helpers --------------------------------------------------------------------------------------
-def error_line(r, code: int = 2) -> str:
-    """The single stderr line of a refused command, after checking the exit code and no traceback."""
-    assert "Traceback" not in r.stderr + r.stdout, r.stderr
-    lines = [line for line in r.stderr.splitlines() if line.strip()]
-    assert r.returncode == code, f"exit {r.returncode}, expected {code}; stderr: {r.stderr!r}"
-    assert len(lines) == 1, f"expected exactly one stderr line, got {lines!r}"
-    assert lines[0].startswith("error: "), lines[0]
-    assert not lines[0].startswith("error: unexpected"), lines[0]  # the exit-70 "this is a bug" path
-    return lines[0]
-
-
-def expect_error(r, *fragments: str, code: int = 2) -> str:
-    line = error_line(r, code)
-    for fragment in fragments:
-        assert fragment in line, f"{fragment!r} not in {line!r}"
-    return line
-
-
 def leftovers(parent: Path) -> list[str]:
     return sorted(p.name for p in parent.iterdir() if ".building-" in p.name or ".old-" in p.name)
 

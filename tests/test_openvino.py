@@ -13,7 +13,7 @@ import pytest
 from rexnet_deploy import Engine
 from rexnet_deploy.errors import ArtifactError
 
-from .conftest import SHARED_CALIB, SHARED_WEIGHTS, fresh_process_predict, run_cli
+from .conftest import SHARED_CALIB, SHARED_WEIGHTS, expect_error, fresh_process_predict, run_cli, without_module
 
 pytest.importorskip("openvino")
 pytestmark = pytest.mark.slow
@@ -149,15 +149,6 @@ def _build_args(tmp_path, *extra: str) -> list[str]:
     return ["build", "--backend", "openvino", "--weights", "random", "--out", str(tmp_path / "out"), "-q", *extra]
 
 
-def _one_error_line(r, *fragments: str) -> str:
-    assert r.returncode == 2, (r.returncode, r.stderr)
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith("warning:")]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in r.stderr, r.stderr
-    for f in fragments:
-        assert f in lines[0], (f, lines[0])
-    return lines[0]
-
-
 @pytest.mark.parametrize("make_args, fragments", [
     (lambda t, c: ["--int8"], ["--int8 needs calibration images", "--calib DIR"]),
     (lambda t, c: ["--calib", str(c)], ["--calib is for --int8 builds"]),
@@ -171,7 +162,7 @@ def test_bad_build_options_fail_fast(tmp_path, calib_dir, make_args, fragments):
     empty = tmp_path / "empty"
     empty.mkdir()
     r = run_cli(*_build_args(tmp_path, *make_args(empty, calib_dir)))
-    _one_error_line(r, *fragments)
+    expect_error(r, *fragments)
     assert not (tmp_path / "out").exists()
 
 
@@ -182,22 +173,13 @@ def test_too_few_calibration_images(tmp_path, calib_dir):
         (few / f.name).write_bytes(f.read_bytes())
     (few / "broken.jpg").write_bytes(b"\xff\xd8\xff broken")
     r = run_cli(*_build_args(tmp_path, "--int8", "--calib", str(few)))
-    _one_error_line(r, "at least 16 readable images", "has 5 (1 unreadable)")
+    expect_error(r, "at least 16 readable images", "has 5 (1 unreadable)")
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
 
 
 def test_missing_nncf_names_the_extra(tmp_path, calib_dir):
-    blocker = tmp_path / "site"
-    blocker.mkdir()
-    # a sitecustomize that makes nncf look uninstalled to importlib.util.find_spec
-    (blocker / "sitecustomize.py").write_text(
-        "import importlib.util as u\n_f = u.find_spec\n"
-        "u.find_spec = lambda n, *a, **k: None if n.split('.')[0] == 'nncf' else _f(n, *a, **k)\n")
-    import os
-
-    env = {"PYTHONPATH": f"{blocker}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    r = run_cli(*_build_args(tmp_path, "--int8", "--calib", str(calib_dir)), env=env)
-    _one_error_line(r, "needs nncf", "pip install 'rexnet-deploy[openvino]'")
+    r = run_cli(*_build_args(tmp_path, "--int8", "--calib", str(calib_dir)), env=without_module(tmp_path, "nncf"))
+    expect_error(r, "needs nncf", "pip install 'rexnet-deploy[openvino]'")
 
 
 def test_check_images_overlapping_calibration_warn(calib_dir):

@@ -58,8 +58,18 @@ BACKENDS: dict[str, BackendInfo] = {
         extra_build_imports=("nncf",),
         summary="OpenVINO IR for Intel CPUs; FP32 pinned to f32, FP16 weights, BF16, INT8 via NNCF; no torch at runtime",
     ),
+    "onnxruntime": BackendInfo(
+        name="onnxruntime",
+        module="rexnet_deploy.backends.onnxruntime",
+        precisions=("fp32", "int8"),
+        extra="onnxruntime",
+        runtime_imports=("onnxruntime",),
+        build_imports=("torch", "timm"),
+        extra_build_imports=("onnx",),
+        summary="ONNX graph on ONNX Runtime CPU; INT8 as QDQ with uint8 activations (the CPU-fast format); no torch at runtime",
+    ),
 }
-ALIASES = {"ts": "torchscript", "jit": "torchscript", "ov": "openvino"}
+ALIASES = {"ts": "torchscript", "jit": "torchscript", "ov": "openvino", "ort": "onnxruntime", "onnx": "onnxruntime"}
 
 
 def get(name: str) -> BackendInfo:

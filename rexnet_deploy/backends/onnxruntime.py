@@ -1,0 +1,127 @@
+"""ONNX Runtime backend (CPU): FP32, and INT8 in the format ONNX Runtime's CPU kernels run fast.
+
+FP32 is the exported graph (:mod:`rexnet_deploy.onnx_export`, proven against PyTorch to 1e-4).
+INT8 is ONNX Runtime's static quantization on the calibration set: QDQ format, uint8 activations
+(asymmetric), int8 per-channel weights. That is the CPU-fast format. TensorRT needs symmetric int8
+activations instead, which ONNX Runtime's CPU kernels run about 3× slower; that graph belongs to the
+TensorRT backend.
+
+``reduce_range`` (7-bit weights) is on: CPUs without VNNI multiply u8×s8 pairs into int16, which
+saturates with 8-bit weights. The OpenVINO backend measured the same effect on ReXNet (see
+``openvino_int8.py``).
+
+The runtime imports only onnxruntime and numpy. ``InferenceSession.run`` is thread-safe.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import numpy as np
+
+from ..engine import Engine
+from ..errors import UsageError
+
+PAYLOAD = "model.onnx"
+
+
+def check_options(spec, options: dict[str, Any]) -> None:
+    if spec.device != "cpu":
+        raise UsageError(f"the onnxruntime backend builds CPU engines; --device {spec.device} is not supported")
+    if options:
+        raise UsageError(f"the onnxruntime backend takes no build options "
+                         f"({', '.join('--' + k.replace('_', '-') for k in sorted(options))})")
+
+
+def build(ref, spec, writer, log: Callable[[str], None] = lambda _m: None, *, calib=None,
+          options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Export the FP32 graph to ``model.onnx``; for INT8, quantize it on ``calib`` in place."""
+    import onnx
+    import onnxruntime as ort
+
+    from .. import onnx_export
+
+    options = dict(options or {})
+    check_options(spec, options)
+    log("exporting ONNX (opset 17) and checking it against PyTorch on ONNX Runtime")
+    target = writer.path(PAYLOAD)
+    fp32 = target.with_name("fp32.onnx.tmp") if spec.precision == "int8" else target
+    export = onnx_export.export(ref, fp32, batch=spec.batch)
+    config: dict[str, Any] = {"export": export, "graph_optimization": "all", "provider": "CPUExecutionProvider"}
+    if spec.precision == "int8":
+        if calib is None:
+            from ..calibration import MISSING
+
+            raise UsageError(MISSING)
+        log(f"quantizing with ONNX Runtime on {len(calib)} calibration images (min-max ranges)")
+        config["quantization"] = _quantize(fp32, target, calib)
+        fp32.unlink()
+    return {
+        "payload": PAYLOAD,
+        "backend_config": config,
+        "runtime": {"onnxruntime": ort.__version__},
+        "environment": {"onnxruntime": ort.__version__, "onnx": onnx.__version__},
+    }
+
+
+def _quantize(src, dst, calib) -> dict[str, Any]:
+    """Min-max ranges: ONNX Runtime's entropy and percentile calibrators ran out of 24 GiB on
+    300 ReXNet images here (they keep every activation histogram of every image)."""
+    import onnx
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._items = iter(calib.tensors())
+
+        def get_next(self):
+            item = next(self._items, None)
+            return None if item is None else {"input": item}
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # quantize_static logs per-node notices on the root logger
+    try:
+        quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
+    finally:
+        root.setLevel(level)
+    graph = onnx.load(str(dst)).graph
+    return {
+        "tool": "onnxruntime.quantization.quantize_static",
+        "format": "QDQ",
+        "activations": "uint8 asymmetric, per-tensor",
+        "weights": "int8 symmetric, per-channel, 7-bit range (reduce_range)",
+        "calib_method": "minmax",
+        "quantize_linear_nodes": sum(n.op_type == "QuantizeLinear" for n in graph.node),
+    }
+
+
+class OnnxRuntimeEngine(Engine):
+    """Options: ``threads`` (intra-op threads; default all cores)."""
+
+    def _setup(self, *, threads: int | None = None, **options: Any) -> None:
+        if options:
+            raise UsageError(f"unknown onnxruntime options: {', '.join(options)} (known: threads)")
+        if self.device != "cpu":
+            raise UsageError(f"onnxruntime engines run on cpu here, not {self.device}")
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            so.intra_op_num_threads = int(threads)
+        self._session = ort.InferenceSession(str(self.artifact.file(self.manifest["payload"])), so,
+                                             providers=["CPUExecutionProvider"])
+
+    def _infer(self, batch: np.ndarray) -> list[np.ndarray]:
+        return self._session.run(self.output_names, {self.input_name: batch})
+
+    def _release(self) -> None:
+        self._session = None
+
+
+ENGINE = OnnxRuntimeEngine

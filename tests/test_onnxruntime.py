@@ -1,0 +1,126 @@
+"""The ONNX export and the ONNX Runtime backend, on the real onnx/onnxruntime libraries."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from rexnet_deploy import Engine
+
+from .conftest import expect_error, fresh_process_predict, run_cli, without_module
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+pytestmark = pytest.mark.slow
+
+
+def _build(tmp_path_factory, name: str, precision: str, **kwargs):
+    from rexnet_deploy import BuildSpec, ModelSpec, WeightsSpec, build
+
+    out = tmp_path_factory.mktemp("engines") / name
+    build(ModelSpec("rexnet_100", weights=WeightsSpec("random", seed=0)),
+          BuildSpec(backend="onnxruntime", precision=precision, batch=(1, 8)), out, **kwargs).close()
+    return out
+
+
+@pytest.fixture(scope="session")
+def ort_fp32_path(tmp_path_factory):
+    return _build(tmp_path_factory, "ort-fp32", "fp32", check_options={"synthetic": 8})
+
+
+@pytest.fixture(scope="session")
+def ort_int8_path(tmp_path_factory, calib_dir):
+    return _build(tmp_path_factory, "ort-int8", "int8", calib=calib_dir, calib_size=24,
+                  check_options={"gate": {"top1_agreement": 0.0}})
+
+
+def _batch(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, 3, 224, 224)).astype(np.float32)
+
+
+def test_onnx_export_is_checked_opset17_dynamic_batch_and_equals_pytorch(ort_fp32_path):
+    import onnx
+
+    from rexnet_deploy.harness.reference import TorchReference
+
+    model = onnx.load(str(ort_fp32_path / "model.onnx"))
+    onnx.checker.check_model(model, full_check=True)
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    assert [i.name for i in model.graph.input] == ["input"] and [o.name for o in model.graph.output] == ["logits"]
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    with Engine.load(ort_fp32_path) as engine:
+        export = engine.manifest["backend_config"]["export"]
+        assert export["max_abs_error_vs_torch"] <= 1e-4
+        ref = TorchReference.from_manifest(engine.manifest)
+        for n in (1, 5, 8):
+            x = _batch(n, n)
+            assert np.abs(engine(x) - ref(x)[0]).max() <= 1e-4
+        assert engine.manifest["reports"]["check"]["metrics"]["top1_agreement"] == 1.0
+
+
+def test_int8_graph_is_qdq_uint8_activations_per_channel_weights(ort_int8_path):
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(ort_int8_path / "model.onnx"))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    q = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    assert len(q) > 50 and len(dq) > len(q)
+    # activations: QuantizeLinear of a non-constant with a uint8 zero point
+    assert all(inits[n.input[2]].dtype == np.uint8 for n in q if n.input[0] not in inits)
+    # conv weights: int8, per-channel (a vector of scales along axis 0)
+    weight_dq = [n for n in dq if n.input[0] in inits and inits[n.input[0]].ndim == 4]
+    assert weight_dq and all(inits[n.input[0]].dtype == np.int8 and inits[n.input[1]].ndim == 1 for n in weight_dq)
+    with Engine.load(ort_int8_path) as engine:
+        m = engine.manifest
+        assert m["calibration"]["n"] == 24 and m["reports"]["check"]["n_images"] == 16
+        assert m["backend_config"]["quantization"]["calib_method"] == "minmax"
+        assert m["reports"]["check"]["metrics"]["cosine_mean"] > 0.9
+
+
+def test_runtime_imports_neither_torch_nor_timm(ort_int8_path, image_dir):
+    got = fresh_process_predict(ort_int8_path, next(image_dir.glob("*.jpg")))
+    assert got["imported"] == [] and got["n"] == 3
+
+
+def test_one_engine_from_many_threads(ort_fp32_path):
+    inputs = [_batch(n, 20 + n) for n in (1, 4, 8, 2)]
+    with Engine.load(ort_fp32_path) as engine:
+        want = [engine(x) for x in inputs]
+        errors, got = [], {}
+
+        def work(t: int) -> None:
+            try:
+                got[t] = [engine(x) for x in inputs]
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+        [th.start() for th in threads]
+        [th.join() for th in threads]
+    assert not errors
+    for outs in got.values():
+        for a, b in zip(outs, want):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--fp16"], "does not support fp16"),
+    (["--int8", "--calib", "CALIB", "--preset", "mixed"], "takes no build options (--preset)"),
+    (["--int8"], "--int8 needs calibration images"),
+    (["--batch", "8:2"], "batch range"),
+])
+def test_bad_build_input(tmp_path, calib_dir, args, fragment):
+    args = [str(calib_dir) if a == "CALIB" else a for a in args]
+    r = run_cli("build", "--backend", "onnxruntime", "--weights", "random", "--out", str(tmp_path / "o"), "-q", *args)
+    expect_error(r, fragment)
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_onnxruntime_names_the_extra(tmp_path):
+    r = run_cli("build", "--backend", "onnxruntime", "--weights", "random", "--out", str(tmp_path / "o"), "-q",
+                env=without_module(tmp_path, "onnxruntime"))
+    expect_error(r, "needs onnxruntime", "pip install 'rexnet-deploy[onnxruntime]'")
