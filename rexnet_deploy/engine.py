@@ -15,7 +15,7 @@ import numpy as np
 
 from . import backends
 from .artifact import Artifact, load_artifact
-from .errors import InputError, UsageError
+from .errors import ArtifactError, InputError, RexnetDeployError, UsageError
 from .images import load_images
 from .preprocess import PreprocessConfig, preprocess_batch
 
@@ -46,7 +46,15 @@ class Engine:
         self._labels: list[str] | None = None
         self._preprocess = PreprocessConfig.from_data_config(artifact.manifest["preprocess"])
         self._closed = False
-        self._setup(**options)
+        try:
+            self._setup(**options)
+        except RexnetDeployError:
+            raise
+        except Exception as exc:  # the runtime library rejected the payload: a damaged or foreign artifact
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ArtifactError(
+                f"cannot load the {artifact.backend} payload of {artifact.path}: {reason}"
+            ) from None
 
     # -- loading ---------------------------------------------------------------------------
     @staticmethod

@@ -394,7 +394,7 @@ def _missing_payload(p: Path) -> Path:
 
 
 def _unknown_backend(p: Path) -> Path:
-    rewrite_manifest(p, backend="onnxruntime")
+    rewrite_manifest(p, backend="tflite")
     return p
 
 
@@ -422,7 +422,7 @@ ARTIFACT_CASES = [
     ("checksum-mismatch", _checksum, ["checksum mismatch", "model.ts", "rebuild it"], ("info", "predict")),
     ("missing-payload", _missing_payload, ["missing its payload file model.ts"], ("info", "predict")),
     # `info` still describes an artifact of a backend this version lacks; using it is refused
-    ("unknown-backend", _unknown_backend, ["backend 'onnxruntime' is not known"], ("predict",)),
+    ("unknown-backend", _unknown_backend, ["backend 'tflite' is not known"], ("predict",)),
     # hand-edited manifests with fields of the wrong type: refused as artifacts, not crashes
     ("files-as-list", _files_as_list, ["malformed manifest", "'files'"], ("info", "predict")),
     ("empty-input", _empty_input, ["malformed manifest", "'input'"], ("info", "predict")),
@@ -447,7 +447,7 @@ def test_bad_artifacts_are_refused_by_cli_and_api(engine_copy, image_dir, tamper
 def test_unknown_backend_is_refused_by_check_and_bench(engine_copy):
     _unknown_backend(engine_copy)
     for args in (["check", str(engine_copy), "-q"], ["bench", str(engine_copy), "-q", "--batch", "1"]):
-        expect_error(run_cli(*args), "backend 'onnxruntime' is not known")
+        expect_error(run_cli(*args), "backend 'tflite' is not known")
 
 
 # -- the Python API: Engine input validation ------------------------------------------------------

@@ -124,3 +124,20 @@ def test_missing_onnxruntime_names_the_extra(tmp_path):
     r = run_cli("build", "--backend", "onnxruntime", "--weights", "random", "--out", str(tmp_path / "o"), "-q",
                 env=without_module(tmp_path, "onnxruntime"))
     expect_error(r, "needs onnxruntime", "pip install 'rexnet-deploy[onnxruntime]'")
+
+
+def test_foreign_payload_with_matching_checksums_is_one_error_line(ort_fp32_path, tmp_path):
+    """A manifest that says onnxruntime over a payload ONNX Runtime cannot parse (checksums
+    re-signed, so only the runtime can tell): exit 2 with one line, not the exit-70 bug path."""
+    import json
+    import shutil
+
+    from rexnet_deploy.artifact import file_sha256
+
+    copy = tmp_path / "e"
+    shutil.copytree(ort_fp32_path, copy)
+    (copy / "model.onnx").write_bytes(b"not a protobuf")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["files"]["model.onnx"] = file_sha256(copy / "model.onnx")
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    expect_error(run_cli("predict", str(copy), str(tmp_path)), "cannot load the onnxruntime payload")
