@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ArtifactError, BuildError
+from .errors import ArtifactError, BuildError, one_line
 
 MANIFEST = "manifest.json"
 FORMAT = "rexnet-deploy-engine"
@@ -134,7 +134,7 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     try:
         manifest = json.loads(mf.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"unreadable manifest {mf}: {str(exc).splitlines()[0]}") from None
+        raise ArtifactError(f"unreadable manifest {mf}: {one_line(exc)}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ArtifactError(f"not a rexnet-deploy artifact (foreign manifest): {mf}")
     schema = manifest.get("schema")

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import backends
 from .artifact import Artifact, load_artifact
-from .errors import ArtifactError, InputError, RexnetDeployError, UsageError
+from .errors import ArtifactError, InputError, RexnetDeployError, UsageError, one_line
 from .images import load_images
 from .preprocess import PreprocessConfig, preprocess_batch
 
@@ -51,9 +51,8 @@ class Engine:
         except RexnetDeployError:
             raise
         except Exception as exc:  # the runtime library rejected the payload: a damaged or foreign artifact
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ArtifactError(
-                f"cannot load the {artifact.backend} payload of {artifact.path}: {reason}"
+                f"cannot load the {artifact.backend} payload of {artifact.path}: {one_line(exc)}"
             ) from None
 
     # -- loading ---------------------------------------------------------------------------

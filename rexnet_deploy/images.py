@@ -10,7 +10,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import ImageError, InputError
+from .errors import ImageError, InputError, one_line
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 # A decompression bomb is an input error here, not a warning.
@@ -54,7 +54,7 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     except Image.DecompressionBombError:
         reason = "image too large"
     except (OSError, SyntaxError, ValueError) as exc:
-        reason = f"corrupt image ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        reason = f"corrupt image ({one_line(exc)})"
     raise ImageError(f"cannot read image {p}: {reason}", [(str(p), reason)])
 
 

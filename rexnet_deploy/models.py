@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from .artifact import file_sha256
-from .errors import BackendUnavailable, UsageError, WeightsError
+from .errors import BackendUnavailable, UsageError, WeightsError, one_line
 from .preprocess import PreprocessConfig
 from .spec import HEADS, ModelSpec
 
@@ -156,7 +156,7 @@ def load_weights_file(model: "torch.nn.Module", path: Path) -> str:
         raise WeightsError(f"cannot read weights file {path}: not a checkpoint of plain tensors "
                            "(damaged, or it holds objects that a safe load refuses)") from None
     except Exception as exc:  # safetensors/pickle raise many types for a damaged file
-        raise WeightsError(f"cannot read weights file {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        raise WeightsError(f"cannot read weights file {path}: {one_line(exc)}") from None
     state = _unwrap_state_dict(state, path)
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
@@ -210,7 +210,7 @@ def _create_pretrained(name: str):
     try:
         model = timm.create_model(name, pretrained=True)
     except Exception as exc:
-        raise WeightsError(f"downloading pretrained weights for {name} failed: {str(exc).splitlines()[0]}; "
+        raise WeightsError(f"downloading pretrained weights for {name} failed: {one_line(exc)}; "
                            "use --weights PATH or --weights random --seed N") from None
     cached = _hf_cached_file(hub_id)
     return model, {"source": "pretrained", "hub_id": hub_id, "tag": cfg.get("tag"),

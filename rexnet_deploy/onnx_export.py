@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BuildError
+from .errors import BuildError, one_line
 
 OPSET = 17
 MAX_ABS_ERROR = 1e-4  # FP32 graph vs eager PyTorch, on logits
@@ -37,7 +37,7 @@ def export(ref, path: Path, *, opset: int = OPSET, batch: tuple[int, int] = (1, 
     try:
         onnx.checker.check_model(onnx.load(str(path)), full_check=True)
     except onnx.checker.ValidationError as exc:
-        raise BuildError(f"the exported ONNX graph is invalid: {str(exc).splitlines()[0]}") from None
+        raise BuildError(f"the exported ONNX graph is invalid: {one_line(exc)}") from None
     worst = 0.0
     session = _cpu_session(path)
     lo, hi = batch
