@@ -6,6 +6,7 @@ build whose gate fails leaves nothing at ``--out``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Callable
 
@@ -47,8 +48,10 @@ def build(
     """
     info = backends.get(spec.backend)
     backends.check_precision(info, spec.precision)
+    if spec.device is None:
+        spec = dataclasses.replace(spec, device=info.default_device)
     check_options = dict(check_options or {})
-    calib_set = _plan_calibration(spec, calib, calib_size, calib_seed)
+    calib_set = _plan_calibration(spec, calib, calib_size, calib_seed, (backend_options or {}).get("calib_cache"))
     backend = backends.load_module(info, for_build=True)
     if hasattr(backend, "check_options"):
         backend.check_options(spec, backend_options or {})
@@ -101,7 +104,8 @@ def build(
             "environment": environment(**{"torch": torch.__version__, "timm": timm.__version__, **part.get("environment", {})}),
         }
         artifact = writer.finalize(manifest)
-        engine = Engine.load(artifact.path)
+        # (a TensorRT build on a host without a GPU loads its graph on ONNX Runtime: emulate=True)
+        engine = Engine.load(artifact.path, **part.get("load_options", {}))
         try:
             from .harness.reference import TorchReference
 
@@ -128,10 +132,13 @@ def build(
     return engine
 
 
-def _plan_calibration(spec: BuildSpec, calib, size: int, seed: int) -> calibration.CalibrationSet | None:
-    """Pick the calibration sample before any model is built (bad input fails fast)."""
+def _plan_calibration(spec: BuildSpec, calib, size: int, seed: int, cache=None) -> calibration.CalibrationSet | None:
+    """Pick the calibration sample before any model is built (bad input fails fast). A
+    calibration cache (TensorRT) replaces the images."""
+    if cache is not None and calib is not None:
+        raise UsageError("--calib-cache replaces --calib (the cache holds the calibrated ranges); give one of them")
     if calib is None:
-        if spec.precision == "int8":
+        if spec.precision == "int8" and cache is None:
             raise UsageError(calibration.MISSING)
         return None
     if spec.precision != "int8":

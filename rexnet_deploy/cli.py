@@ -125,8 +125,11 @@ class _BuildLog:
 
     def __call__(self, message: str) -> None:
         if self.console is not None:
-            self.console.print(f"[dim]·[/dim] {message}")
-            self.status.update(message)
+            from rich.markup import escape
+
+            # escape: messages name pip extras like rexnet-deploy[trt], which rich would eat as markup
+            self.console.print(f"[dim]·[/dim] {escape(message)}")
+            self.status.update(escape(message))
 
     def progress(self, description: str, done: int, total: int | None) -> None:
         if self.status is not None:
@@ -155,6 +158,11 @@ def _status(quiet: bool) -> Iterator:
         yield _BuildLog(console, status)
 
 
+def _engine_options(**flags: bool) -> dict[str, bool]:
+    """Engine.load options of set flags only: other backends reject options they do not know."""
+    return {k: True for k, v in flags.items() if v}
+
+
 def _images_arg(images: tuple[str, ...]) -> Any:
     if not images:
         return None
@@ -174,8 +182,9 @@ def _images_arg(images: tuple[str, ...]) -> Any:
 @click.option("--weights", default="pretrained", show_default=True,
               help="pretrained (timm hub), a local .safetensors/.pth file, or random (with --seed; not for production).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for --weights random.")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
-@click.option("--batch", "batch_range", default="1:32", show_default=True, help="Batch range MIN:MAX the engine accepts.")
+@click.option("--device", default=None, help="cpu or cuda [the backend's: cuda for tensorrt, else cpu].")
+@click.option("--batch", "batch_range", default="1:32", show_default=True,
+              help="Batch range MIN:MAX the engine accepts; tensorrt also MIN:OPT:MAX (the profile's OPT, default MAX).")
 @click.option("--test-size", is_flag=True, help="Use the model's test_input_size/test_crop_pct where timm has them.")
 @click.option("--out", type=click.Path(), default=None, help="Artifact folder [engines/MODEL-BACKEND-PRECISION].")
 @click.option("--force", is_flag=True, help="Replace --out if it is an existing artifact.")
@@ -187,6 +196,13 @@ def _images_arg(images: tuple[str, ...]) -> Any:
 @click.option("--subset-size", type=int, default=None, help="OpenVINO INT8: images NNCF collects statistics on [all calibration images].")
 @click.option("--fast-bias-correction/--full-bias-correction", default=None, help="OpenVINO INT8: NNCF bias correction [fast].")
 @click.option("--max-drop", type=float, default=None, help="OpenVINO INT8: accuracy control; revert layers until top-1 agreement drops at most this much (e.g. 0.01).")
+@click.option("--calib-method", type=click.Choice(["entropy", "max"]), default=None, help="TensorRT INT8: ModelOpt calibration [entropy].")
+@click.option("--exclude", multiple=True, metavar="PATTERN", help="TensorRT INT8: keep these op types (Gemm) or node-name regexes (features\\.0/) in FP32; repeatable.")
+@click.option("--calib-cache", type=click.Path(), default=None, help="TensorRT INT8: rebuild from this calibration cache (an artifact's calib.cache) instead of images.")
+@click.option("--onnx-only", is_flag=True, help="TensorRT: stop after the FP16/INT8 ONNX graph (no engine; checked on ONNX Runtime CPU).")
+@click.option("--workspace", "workspace_mib", type=int, default=None, help="TensorRT: builder workspace limit in MiB [1024].")
+@click.option("--opt-level", type=int, default=None, help="TensorRT: builder optimization level 0-5 [3].")
+@click.option("--timing-cache", type=click.Path(), default=None, help="TensorRT: timing cache file shared across builds [~/.cache/rexnet-deploy/tensorrt-timing.cache].")
 @click.option("--check-size", type=click.IntRange(min=1), default=500, show_default=True, help="INT8: held-out calibration-source images to check on (when no --check-images).")
 @click.option("--check-images", type=click.Path(), default=None, help="Images to check the build on [generated images].")
 @click.option("--labels", type=click.Path(), default=None, help="CSV file,class_index for --check-images.")
@@ -198,13 +214,14 @@ def _images_arg(images: tuple[str, ...]) -> Any:
 @click.option("--json", "json_out", type=click.Path(), default=None, help="Write the manifest (with reports) here too.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 def build(model, head, backend, precision, precision_flag, weights, seed, device, batch_range, test_size, out, force,
-          calib, calib_size, calib_seed, recipe, preset, subset_size, fast_bias_correction, max_drop, check_size,
+          calib, calib_size, calib_seed, recipe, preset, subset_size, fast_bias_correction, max_drop, calib_method,
+          exclude, calib_cache, onnx_only, workspace_mib, opt_level, timing_cache, check_size,
           check_images, labels, synthetic, skip_check, skip_bad, gate, bench_batches, json_out, quiet) -> None:
     """Compile the model into an engine artifact, check it against the FP32 reference, publish it."""
     from . import backends
     from .builder import build as run_build
     from .harness.report import bench_markdown, check_markdown
-    from .spec import BuildSpec, ModelSpec, WeightsSpec, parse_batch_list, parse_batch_range
+    from .spec import BuildSpec, ModelSpec, WeightsSpec, parse_batch_list, parse_batch_profile
 
     if precision and precision_flag and precision != precision_flag:
         raise UsageError(f"--precision {precision} contradicts --{precision_flag}")
@@ -212,7 +229,11 @@ def build(model, head, backend, precision, precision_flag, weights, seed, device
     info = backends.get(backend)
     backends.check_precision(info, precision)
     model_spec = ModelSpec(name=model, head=head, weights=WeightsSpec.parse(weights, seed), test_size=test_size)
-    spec = BuildSpec(backend=info.name, precision=precision, device=device, batch=parse_batch_range(batch_range))
+    lo, opt, hi = parse_batch_profile(batch_range)
+    if opt is not None and info.name != "tensorrt":
+        raise UsageError(f"--batch MIN:OPT:MAX sets a TensorRT profile; use MIN:MAX for {info.name}")
+    spec = BuildSpec(backend=info.name, precision=precision, device=device or info.default_device, batch=(lo, hi),
+                     batch_opt=opt)
     batches = parse_batch_list(bench_batches) if bench_batches else None
     if check_images and not Path(check_images).exists():
         raise UsageError(f"--check-images {check_images} does not exist")
@@ -222,7 +243,11 @@ def build(model, head, backend, precision, precision_flag, weights, seed, device
     check_options = {"images": check_images, "labels": labels, "synthetic": synthetic, "skip_bad": skip_bad,
                      "gate": _parse_gate(gate)}
     backend_options = {k: v for k, v in {"recipe": recipe, "preset": preset, "subset_size": subset_size,
-                                         "fast_bias_correction": fast_bias_correction, "max_drop": max_drop}.items()
+                                         "fast_bias_correction": fast_bias_correction, "max_drop": max_drop,
+                                         "calib_method": calib_method, "exclude": exclude or None,
+                                         "calib_cache": calib_cache, "onnx_only": onnx_only or None,
+                                         "workspace_mib": workspace_mib, "opt_level": opt_level,
+                                         "timing_cache": timing_cache}.items()
                        if v is not None}
     with _status(quiet) as log:
         engine = run_build(model_spec, spec, out, force=force, calib=calib, calib_size=calib_size, calib_seed=calib_seed,
@@ -249,14 +274,18 @@ def build(model, head, backend, precision, precision_flag, weights, seed, device
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable images (they are listed in the report).")
 @click.option("--json", "json_out", type=click.Path(), default=None, help="Write the report as JSON.")
 @click.option("--no-save", is_flag=True, help="Do not store the report in the artifact's manifest.")
+@click.option("--emulate", is_flag=True, help="TensorRT artifacts: run the engine's ONNX graph on ONNX Runtime CPU instead of the engine.")
+@click.option("--rebuild-engine", is_flag=True, help="TensorRT artifacts: compile the stored graph for this host's GPU first.")
 @click.option("-q", "--quiet", is_flag=True)
-def check(engine_path, images, labels, synthetic, limit, weights, gate, skip_bad, json_out, no_save, quiet) -> None:
+def check(engine_path, images, labels, synthetic, limit, weights, gate, skip_bad, json_out, no_save, emulate,
+          rebuild_engine, quiet) -> None:
     """Compare an engine with the FP32 reference on the same images; exit 1 if the gate fails."""
     from .engine import Engine
     from .harness.check import check as run_check, raise_for_gate
     from .harness.report import check_markdown
 
-    with Engine.load(engine_path) as engine, _progress("checking", None, quiet) as update:
+    with Engine.load(engine_path, **_engine_options(emulate=emulate, rebuild_engine=rebuild_engine)) as engine, \
+            _progress("checking", None, quiet) as update:
         report = run_check(engine, images=_images_arg(images), labels=labels, synthetic=synthetic, limit=limit,
                            weights=weights, gate=_parse_gate(gate), skip_bad=skip_bad, progress=update)
         if not no_save:
@@ -275,8 +304,9 @@ def check(engine_path, images, labels, synthetic, limit, weights, gate, skip_bad
 @click.option("--weights", type=click.Path(), default=None, help="The reference's weights file, if it moved since the build.")
 @click.option("--json", "json_out", type=click.Path(), default=None, help="Write the report as JSON.")
 @click.option("--no-save", is_flag=True, help="Do not store the report in the artifact's manifest.")
+@click.option("--rebuild-engine", is_flag=True, help="TensorRT artifacts: compile the stored graph for this host's GPU first.")
 @click.option("-q", "--quiet", is_flag=True)
-def bench(engine_path, batches, seconds, warmup, no_reference, weights, json_out, no_save, quiet) -> None:
+def bench(engine_path, batches, seconds, warmup, no_reference, weights, json_out, no_save, rebuild_engine, quiet) -> None:
     """Latency (p50/p90/p99) and throughput per batch, engine and FP32 eager reference in one run."""
     from .engine import Engine
     from .harness.bench import bench as run_bench
@@ -286,7 +316,8 @@ def bench(engine_path, batches, seconds, warmup, no_reference, weights, json_out
     sizes = parse_batch_list(batches)
     if seconds <= 0:
         raise UsageError("--seconds must be positive")
-    with Engine.load(engine_path) as engine, _progress("benchmarking", None, quiet) as update:
+    with Engine.load(engine_path, **_engine_options(rebuild_engine=rebuild_engine)) as engine, \
+            _progress("benchmarking", None, quiet) as update:
         report = run_bench(engine, batches=sizes, reference=not no_reference, weights=weights, seconds=seconds,
                            warmup=warmup, progress=update)
         if not no_save:
@@ -301,12 +332,13 @@ def bench(engine_path, batches, seconds, warmup, no_reference, weights, json_out
 @click.option("--topk", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable images instead of failing.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def predict(engine_path, images, topk, skip_bad, as_json) -> None:
+@click.option("--rebuild-engine", is_flag=True, help="TensorRT artifacts: compile the stored graph for this host's GPU first.")
+def predict(engine_path, images, topk, skip_bad, as_json, rebuild_engine) -> None:
     """Top-k ImageNet labels for image files (a folder stands for the images below it)."""
     from .engine import Engine
     from .images import expand_paths, load_images
 
-    with Engine.load(engine_path) as engine:
+    with Engine.load(engine_path, **_engine_options(rebuild_engine=rebuild_engine)) as engine:
         loaded = load_images(expand_paths(images), skip_bad=skip_bad)
         predictions = engine.predict(loaded.images, topk=topk)
     results = [{"image": name, "top": [p.to_dict() for p in preds]} for name, preds in zip(loaded.names, predictions)]
@@ -319,6 +351,36 @@ def predict(engine_path, images, topk, skip_bad, as_json) -> None:
             click.echo(f"  {p['score']:7.2%}  {p['index']:4d}  {p['label']}")
     for f, why in loaded.skipped:
         click.echo(f"skipped {f}: {why}", err=True)
+
+
+@main.command()
+@click.argument("target", metavar="ENGINE_OR_MODEL")
+@click.option("--calib", type=click.Path(), required=True, help="Calibration images (folder or CSV); the held-out rest measures.")
+@click.option("--weights", default="pretrained", show_default=True, help="For a model name: pretrained, a weights file, or random.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for --weights random.")
+@click.option("--calib-size", type=int, default=300, show_default=True, help="Calibration images to sample.")
+@click.option("--calib-seed", type=int, default=0, show_default=True)
+@click.option("--calib-method", type=click.Choice(["entropy", "max"]), default="entropy", show_default=True)
+@click.option("--images", "n_images", type=int, default=100, show_default=True, help="Held-out images to measure on.")
+@click.option("--max-drop", type=float, default=0.01, show_default=True, help="Top-1 agreement the INT8 graph may lose.")
+@click.option("--json", "json_out", type=click.Path(), default=None, help="Write the report as JSON.")
+@click.option("--exclude-out", type=click.Path(), default=None, help="Write the --exclude patterns here, one per line.")
+@click.option("-q", "--quiet", is_flag=True)
+def sensitivity(target, calib, weights, seed, calib_size, calib_seed, calib_method, n_images, max_drop, json_out,
+                exclude_out, quiet) -> None:
+    """Rank ReXNet's layer groups by the INT8 agreement each costs (ONNX Runtime CPU) and give the
+    TensorRT --exclude list that meets --max-drop."""
+    from . import backends
+    from .sensitivity import analyze, markdown
+
+    backends.load_module(backends.get("tensorrt"), for_build=True)  # ModelOpt/onnx missing: one line naming the extra
+    with _status(quiet) as log:
+        report = analyze(target, calib=calib, weights=weights, seed=seed, calib_size=calib_size, calib_seed=calib_seed,
+                         method=calib_method, images=n_images, max_drop=max_drop, log=log, progress=log.progress)
+    _write_json(json_out, report)
+    if exclude_out:
+        Path(exclude_out).write_text("".join(p + "\n" for p in report["exclude"]))
+    click.echo(markdown(report))
 
 
 @main.command()
@@ -346,6 +408,9 @@ def list_backends() -> None:
     for info in registry.BACKENDS.values():
         state = "ready" if info.available(for_build=True) else (
             "runtime only" if info.available() else f"not installed (pip install 'rexnet-deploy[{info.extra}]')")
+        if state == "ready":  # a backend may need more than its libraries (TensorRT: a GPU host)
+            problem = getattr(registry.load_module(info, for_build=True), "host_problem", lambda: None)()
+            state = f"graphs only ({problem})" if problem else state
         click.echo(f"{info.name:12s} {','.join(info.precisions):20s} {state:12s} {info.summary}")
 
 

@@ -35,6 +35,8 @@ class Prediction:
 class Engine:
     """Base of the backend runtimes. Subclasses implement ``_setup`` and ``_infer``."""
 
+    emulation: str | None = None  # set when the engine's graph runs on another runtime (TensorRT → ONNX Runtime)
+
     def __init__(self, artifact: Artifact, *, device: str | None = None, **options: Any):
         self.artifact = artifact
         spec = artifact.manifest["input"]

@@ -79,8 +79,9 @@ class ModelSpec:
 class BuildSpec:
     backend: str = "torchscript"
     precision: str = "fp32"
-    device: str = "cpu"
+    device: str | None = None  # None: the backend's default (cuda for tensorrt, else cpu)
     batch: tuple[int, int] = DEFAULT_BATCH
+    batch_opt: int | None = None  # TensorRT's optimization-profile OPT batch [MAX]
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -88,19 +89,30 @@ class BuildSpec:
         lo, hi = self.batch
         if not 1 <= lo <= hi:
             raise UsageError(f"batch range must satisfy 1 <= MIN <= MAX, got {lo}:{hi}")
+        if self.batch_opt is not None and not lo <= self.batch_opt <= hi:
+            raise UsageError(f"batch range must satisfy MIN <= OPT <= MAX, got {lo}:{self.batch_opt}:{hi}")
 
 
 def parse_batch_range(text: str) -> tuple[int, int]:
     """``"8"`` → (1, 8); ``"1:32"`` → (1, 32)."""
+    lo, _opt, hi = parse_batch_profile(text, allow_opt=False)
+    return lo, hi
+
+
+def parse_batch_profile(text: str, *, allow_opt: bool = True) -> tuple[int, int | None, int]:
+    """``"8"`` → (1, None, 8); ``"1:32"`` → (1, None, 32); ``"1:8:32"`` → (1, 8, 32) (TensorRT's
+    MIN:OPT:MAX). An empty or inverted range is a UsageError."""
+    form = "MAX, MIN:MAX or MIN:OPT:MAX" if allow_opt else "MAX or MIN:MAX"
     try:
         parts = [int(p) for p in text.split(":")]
     except ValueError:
-        raise UsageError(f"batch range must be MAX or MIN:MAX with integers, got {text!r}") from None
+        raise UsageError(f"batch range must be {form} with integers, got {text!r}") from None
     if len(parts) == 1:
         parts = [1, parts[0]]
-    if len(parts) != 2 or not 1 <= parts[0] <= parts[1]:
-        raise UsageError(f"batch range must be MAX or MIN:MAX with 1 <= MIN <= MAX, got {text!r}")
-    return parts[0], parts[1]
+    if len(parts) not in ((2, 3) if allow_opt else (2,)) or not 1 <= parts[0] <= parts[-1] \
+            or not parts[0] <= parts[1] <= parts[-1]:
+        raise UsageError(f"batch range must be {form} with 1 <= MIN <= OPT <= MAX (not empty or inverted), got {text!r}")
+    return parts[0], (parts[1] if len(parts) == 3 else None), parts[-1]
 
 
 def parse_batch_list(text: str) -> list[int]:

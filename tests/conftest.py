@@ -91,15 +91,20 @@ def calib_dir(tmp_path_factory) -> Path:
     return d
 
 
-def _ov_build(tmp_path_factory, name: str, precision: str, **kwargs) -> Path:
-    pytest.importorskip("openvino")
+def build_artifact(tmp_path_factory, name: str, backend: str, precision: str, *, batch_opt: int | None = None,
+                   **kwargs) -> Path:
+    """A rexnet_100 artifact (random weights, seed 0, batch 1..8); ``kwargs`` go to ``rexnet_deploy.build``."""
     from rexnet_deploy import BuildSpec, ModelSpec, WeightsSpec, build
 
     out = tmp_path_factory.mktemp("engines") / name
-    engine = build(ModelSpec("rexnet_100", weights=WeightsSpec("random", seed=0)),
-                   BuildSpec(backend="openvino", precision=precision, batch=(1, 8)), out, **kwargs)
-    engine.close()
+    build(ModelSpec("rexnet_100", weights=WeightsSpec("random", seed=0)),
+          BuildSpec(backend=backend, precision=precision, batch=(1, 8), batch_opt=batch_opt), out, **kwargs).close()
     return out
+
+
+def _ov_build(tmp_path_factory, name: str, precision: str, **kwargs) -> Path:
+    pytest.importorskip("openvino")
+    return build_artifact(tmp_path_factory, name, "openvino", precision, **kwargs)
 
 
 @pytest.fixture(scope="session")

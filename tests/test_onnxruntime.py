@@ -9,7 +9,7 @@ import pytest
 
 from rexnet_deploy import Engine
 
-from .conftest import expect_error, fresh_process_predict, run_cli, without_module
+from .conftest import build_artifact, expect_error, fresh_process_predict, run_cli, without_module
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -17,12 +17,7 @@ pytestmark = pytest.mark.slow
 
 
 def _build(tmp_path_factory, name: str, precision: str, **kwargs):
-    from rexnet_deploy import BuildSpec, ModelSpec, WeightsSpec, build
-
-    out = tmp_path_factory.mktemp("engines") / name
-    build(ModelSpec("rexnet_100", weights=WeightsSpec("random", seed=0)),
-          BuildSpec(backend="onnxruntime", precision=precision, batch=(1, 8)), out, **kwargs).close()
-    return out
+    return build_artifact(tmp_path_factory, name, "onnxruntime", precision, **kwargs)
 
 
 @pytest.fixture(scope="session")
@@ -108,7 +103,7 @@ def test_one_engine_from_many_threads(ort_fp32_path):
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["--fp16"], "does not support fp16"),
+    (["--bf16"], "does not support bf16"),
     (["--int8", "--calib", "CALIB", "--preset", "mixed"], "takes no build options (--preset)"),
     (["--int8"], "--int8 needs calibration images"),
     (["--batch", "8:2"], "batch range"),
@@ -126,6 +121,12 @@ def test_missing_onnxruntime_names_the_extra(tmp_path):
     expect_error(r, "needs onnxruntime", "pip install 'rexnet-deploy[onnxruntime]'")
 
 
+def test_fp16_without_modelopt_names_the_trt_extra(tmp_path):
+    r = run_cli("build", "--backend", "onnxruntime", "--fp16", "--weights", "random", "--out", str(tmp_path / "o"), "-q",
+                env=without_module(tmp_path, "modelopt"))
+    expect_error(r, "ModelOpt", "pip install 'rexnet-deploy[trt]'")
+
+
 def test_foreign_payload_with_matching_checksums_is_one_error_line(ort_fp32_path, tmp_path):
     """A manifest that says onnxruntime over a payload ONNX Runtime cannot parse (checksums
     re-signed, so only the runtime can tell): exit 2 with one line, not the exit-70 bug path."""
@@ -141,3 +142,24 @@ def test_foreign_payload_with_matching_checksums_is_one_error_line(ort_fp32_path
     manifest["files"]["model.onnx"] = file_sha256(copy / "model.onnx")
     (copy / "manifest.json").write_text(json.dumps(manifest))
     expect_error(run_cli("predict", str(copy), str(tmp_path)), "cannot load the onnxruntime payload")
+
+
+def test_info_describes_the_int8_quantization(ort_int8_path):
+    r = run_cli("info", str(ort_int8_path))
+    assert r.returncode == 0, r.stderr
+    assert "quantization: onnxruntime.quantization.quantize_static QDQ" in r.stdout
+
+
+def test_fp16_is_modelopts_autocast_graph_with_fp32_io(tmp_path_factory):
+    pytest.importorskip("modelopt.onnx.autocast")
+    import onnx
+
+    path = _build(tmp_path_factory, "ort-fp16", "fp16", check_options={"synthetic": 8})
+    model = onnx.load(str(path / "model.onnx"))
+    io = [v.type.tensor_type.elem_type for v in [*model.graph.input, *model.graph.output]]
+    assert io == [onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT]
+    assert sum(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer) > 50
+    with Engine.load(path) as engine:
+        assert engine.manifest["backend_config"]["precision_pass"]["low_precision"] == "fp16"
+        assert engine.manifest["reports"]["check"]["metrics"]["cosine_min"] >= 0.999
+        assert engine(_batch(2)).dtype == np.float32

@@ -32,6 +32,7 @@ class BackendInfo:
     build_imports: tuple[str, ...]    # modules a build needs beyond the runtime's (the ``build`` extra)
     summary: str
     extra_build_imports: tuple[str, ...] = ()  # build-only modules that come with ``extra`` (e.g. nncf)
+    default_device: str = "cpu"
 
     def available(self, *, for_build: bool = False) -> bool:
         mods = self.runtime_imports + (self.build_imports + self.extra_build_imports if for_build else ())
@@ -61,15 +62,30 @@ BACKENDS: dict[str, BackendInfo] = {
     "onnxruntime": BackendInfo(
         name="onnxruntime",
         module="rexnet_deploy.backends.onnxruntime",
-        precisions=("fp32", "int8"),
+        precisions=("fp32", "fp16", "int8"),
         extra="onnxruntime",
         runtime_imports=("onnxruntime",),
         build_imports=("torch", "timm"),
         extra_build_imports=("onnx",),
-        summary="ONNX graph on ONNX Runtime CPU; INT8 as QDQ with uint8 activations (the CPU-fast format); no torch at runtime",
+        summary="ONNX graph on ONNX Runtime CPU; FP16 (ModelOpt autocast); INT8 as QDQ with uint8 activations "
+                "(the CPU-fast format); no torch at runtime",
+    ),
+    "tensorrt": BackendInfo(
+        name="tensorrt",
+        module="rexnet_deploy.backends.tensorrt",
+        precisions=("fp32", "fp16", "int8"),
+        extra="trt",
+        # the engine runtime needs tensorrt + cuda-bindings on a GPU host (extra tensorrt); the
+        # module itself imports without them and says what is missing when an engine is loaded
+        runtime_imports=(),
+        build_imports=("torch", "timm"),
+        extra_build_imports=("modelopt", "onnx", "onnxruntime"),
+        summary="strongly typed TensorRT engine from an FP16 or INT8 Q/DQ ONNX graph (ModelOpt); "
+                "on hosts without a GPU: the graph, checked on ONNX Runtime CPU",
+        default_device="cuda",
     ),
 }
-ALIASES = {"ts": "torchscript", "jit": "torchscript", "ov": "openvino", "ort": "onnxruntime", "onnx": "onnxruntime"}
+ALIASES = {"ts": "torchscript", "jit": "torchscript", "ov": "openvino", "ort": "onnxruntime", "onnx": "onnxruntime", "trt": "tensorrt"}
 
 
 def get(name: str) -> BackendInfo:

@@ -1,10 +1,14 @@
-"""ONNX Runtime backend (CPU): FP32, and INT8 in the format ONNX Runtime's CPU kernels run fast.
+"""ONNX Runtime backend (CPU): FP32, FP16, and INT8 in the format ONNX Runtime's CPU kernels run fast.
 
 FP32 is the exported graph (:mod:`rexnet_deploy.onnx_export`, proven against PyTorch to 1e-4).
 INT8 is ONNX Runtime's static quantization on the calibration set: QDQ format, uint8 activations
 (asymmetric), int8 per-channel weights. That is the CPU-fast format. TensorRT needs symmetric int8
 activations instead, which ONNX Runtime's CPU kernels run about 3× slower; that graph belongs to the
 TensorRT backend.
+
+FP16 is ModelOpt's autocast graph (FP32 input/output), the graph the TensorRT backend compiles for
+``--fp16``; it needs the ``trt`` extra. CPUs without FP16 arithmetic run it slower than FP32: it is
+here to run that graph anywhere, not for speed.
 
 ``reduce_range`` (7-bit weights) is on: CPUs without VNNI multiply u8×s8 pairs into int16, which
 saturates with 8-bit weights. The OpenVINO backend measured the same effect on ReXNet (see
@@ -15,13 +19,14 @@ The runtime imports only onnxruntime and numpy. ``InferenceSession.run`` is thre
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from typing import Any, Callable
 
 import numpy as np
 
 from ..engine import Engine
-from ..errors import UsageError
+from ..errors import BackendUnavailable, UsageError
 
 PAYLOAD = "model.onnx"
 
@@ -32,6 +37,9 @@ def check_options(spec, options: dict[str, Any]) -> None:
     if options:
         raise UsageError(f"the onnxruntime backend takes no build options "
                          f"({', '.join('--' + k.replace('_', '-') for k in sorted(options))})")
+    if spec.precision == "fp16" and importlib.util.find_spec("modelopt") is None:
+        raise BackendUnavailable("onnxruntime fp16 graphs are made by ModelOpt, which is not installed: "
+                                 "pip install 'rexnet-deploy[trt]'")
 
 
 def build(ref, spec, writer, log: Callable[[str], None] = lambda _m: None, *, calib=None,
@@ -46,7 +54,7 @@ def build(ref, spec, writer, log: Callable[[str], None] = lambda _m: None, *, ca
     check_options(spec, options)
     log("exporting ONNX (opset 17) and checking it against PyTorch on ONNX Runtime")
     target = writer.path(PAYLOAD)
-    fp32 = target.with_name("fp32.onnx.tmp") if spec.precision == "int8" else target
+    fp32 = target if spec.precision == "fp32" else target.with_name("fp32.tmp.onnx")
     export = onnx_export.export(ref, fp32, batch=spec.batch)
     config: dict[str, Any] = {"export": export, "graph_optimization": "all", "provider": "CPUExecutionProvider"}
     if spec.precision == "int8":
@@ -56,6 +64,12 @@ def build(ref, spec, writer, log: Callable[[str], None] = lambda _m: None, *, ca
             raise UsageError(MISSING)
         log(f"quantizing with ONNX Runtime on {len(calib)} calibration images (min-max ranges)")
         config["quantization"] = _quantize(fp32, target, calib)
+    elif spec.precision == "fp16":
+        from .. import onnx_precision
+
+        log("converting the graph to FP16 (ModelOpt autocast, FP32 input/output)")
+        config["precision_pass"] = onnx_precision.to_fp16(fp32, target)
+    if fp32 != target:
         fp32.unlink()
     return {
         "payload": PAYLOAD,

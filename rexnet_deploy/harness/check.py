@@ -121,7 +121,9 @@ def check(
     thresholds = gate_thresholds(engine.precision, gate)
     return {
         "kind": "check",
-        "engine": {"backend": engine.backend, "precision": engine.precision},
+        "engine": {"backend": engine.backend, "precision": engine.precision,
+                   # a TensorRT graph run on ONNX Runtime CPU: correctness of the graph, not of TensorRT
+                   **({"emulation": engine.emulation} if engine.emulation else {})},
         "model": engine.manifest["model"]["name"],
         "head": engine.head,
         "images": source,

@@ -21,7 +21,8 @@ def check_markdown(report: dict[str, Any]) -> str:
     src = report["images"]
     where = src.get("path") or (f"{src['n']} synthetic images (seed {src['seed']})" if src["kind"] == "synthetic" else "files")
     lines = [
-        f"### check: {report['model']} {report['engine']['backend']}/{report['engine']['precision']} vs FP32 reference",
+        f"### check: {report['model']} {report['engine']['backend']}/{report['engine']['precision']} vs FP32 reference"
+        + (f" (the engine's graph emulated on {report['engine']['emulation']})" if report["engine"].get("emulation") else ""),
         f"{report['n_images']} images from {where}" + (f", {len(report['skipped'])} skipped" if report["skipped"] else ""),
         "",
         "| metric | value |",
@@ -81,7 +82,7 @@ def info_markdown(manifest: dict[str, Any], path: str) -> str:
         f"- files: " + ", ".join(manifest["files"]),
         f"- built {manifest.get('created')} with " + ", ".join(
             f"{k} {v}" for k, v in manifest.get("environment", {}).items()
-            if k in ("rexnet_deploy", "torch", "timm", "openvino", "nncf")),
+            if k in ("rexnet_deploy", "torch", "timm", "openvino", "nncf", "onnxruntime", "modelopt")),
     ]
     config = manifest.get("backend_config") or {}
     if "inference_precision_hint" in config:
@@ -93,13 +94,28 @@ def info_markdown(manifest: dict[str, Any], path: str) -> str:
                      f"{'stratified over ' + str(cal['classes']) + ' classes' if cal.get('stratified') else 'unstratified'}, "
                      f"{cal.get('unreadable', 0)} unreadable), list sha256 {cal['list_sha256'][:12]}…")
     q = config.get("quantization")
-    if q:
+    if q and "recipe" not in q:  # ONNX Runtime's own INT8
+        lines.append(f"- quantization: {q['tool']} {q.get('format', '')}, {q.get('activations', '')} activations, "
+                     f"{q.get('weights', '')} weights, {q.get('calib_method', '')} ranges")
+    elif q:
         scope = q.get("ignored_scope") or {}
         kept = sum(len(v) for v in scope.values()) if scope else 0
         lines.append(f"- quantization: {q['tool']} {q['version']} {q['method']}, recipe {q['recipe']}, preset {q['preset']}, "
                      f"overflow fix {q.get('overflow_fix', '?')}, {q['fake_quantize_ops']} FakeQuantize ops, "
                      f"{kept} ignored-scope entries"
                      + (f", max drop {q['max_drop']}" if q.get("max_drop") is not None else ""))
+    p = config.get("precision_pass")
+    if p:
+        detail = (f"{p['calib_method']} calibration from {p['calib_source']}, {p['convs_quantized']} convs quantized, "
+                  f"{len(p['convs_kept_fp32'])} kept FP32, exclude {p['exclude'] or 'nothing'}"
+                  if "calib_method" in p else f"{len(p.get('nodes_kept_fp32', []))} nodes kept FP32")
+        lines.append(f"- precision pass: {p['tool']} (ModelOpt {p.get('modelopt')}): {detail}")
+    if manifest["backend"] == "tensorrt":
+        e, prof = config.get("engine"), config.get("profile") or {}
+        lines.append(f"- TensorRT profile batch {prof.get('min')}:{prof.get('opt')}:{prof.get('max')}; engine: "
+                     + (f"TensorRT {e['tensorrt']} for {e['gpu']} (compute capability {e['compute_capability']})" if e
+                        else "none yet (built without a TensorRT GPU host: load with --rebuild-engine there, "
+                             "or check the graph here with --emulate)"))
     reports = manifest.get("reports") or {}
     if reports.get("check"):
         c = reports["check"]

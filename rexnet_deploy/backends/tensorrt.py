@@ -1,0 +1,193 @@
+"""TensorRT backend: ONNX → precision graph (ModelOpt) → strongly typed TensorRT engine.
+
+Data flows one way: the exported FP32 graph (:mod:`rexnet_deploy.onnx_export`) → a precision pass
+(:mod:`rexnet_deploy.onnx_precision`: FP16 autocast or INT8 Q/DQ) → ``model.onnx`` in the artifact
+→ :mod:`._trt` compiles it on a TensorRT GPU host → ``model.engine``. The artifact always carries
+the graph the engine was compiled from, so an engine can be rebuilt for another GPU or TensorRT
+version from the artifact alone (``Engine.load(path, rebuild_engine=True)``, CLI
+``--rebuild-engine``).
+
+Without TensorRT or a CUDA GPU (``--onnx-only`` makes that the intent) the build stops after the
+graph and says so in one line; its check then runs the same graph on ONNX Runtime CPU
+("emulation", ``check --emulate``): the Q/DQ or FP16 graph TensorRT would compile, proven
+against the FP32 reference — not a TensorRT measurement.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..engine import Engine
+from ..errors import ArtifactError, BackendUnavailable, UsageError
+
+GRAPH = "model.onnx"
+ENGINE_FILE = "model.engine"
+CALIB_CACHE = "calib.cache"
+EMULATION = "onnxruntime-cpu"
+OPTIONS = ("calib_method", "exclude", "calib_cache", "onnx_only", "workspace_mib", "opt_level", "timing_cache")
+
+
+def host_problem() -> str | None:
+    """Why this host cannot build or run engines (it can still write and check the graphs)."""
+    from . import _trt
+
+    return _trt.host_problem()
+
+
+def check_options(spec, options: dict[str, Any]) -> None:
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise UsageError(f"the tensorrt backend does not take {', '.join('--' + k.replace('_', '-') for k in unknown)}")
+    if spec.device != "cuda":
+        raise UsageError(f"TensorRT engines run on CUDA GPUs; --device {spec.device} is not supported (use --device cuda)")
+    int8_only = [k for k in ("calib_method", "exclude", "calib_cache") if options.get(k)]
+    if int8_only and spec.precision != "int8":
+        raise UsageError(f"--{int8_only[0].replace('_', '-')} is for --int8 builds")
+    if options.get("calib_cache") is not None and not Path(options["calib_cache"]).is_file():
+        raise UsageError(f"--calib-cache {options['calib_cache']} does not exist")
+    from .. import onnx_precision
+
+    if options.get("calib_method", "entropy") not in onnx_precision.CALIB_METHODS:
+        raise UsageError(f"--calib-method must be one of {', '.join(onnx_precision.CALIB_METHODS)}")
+    level = options.get("opt_level")
+    if level is not None and not 0 <= int(level) <= 5:
+        raise UsageError(f"--opt-level must be 0..5 (TensorRT's builder optimization level), got {level}")
+    if options.get("workspace_mib") is not None and int(options["workspace_mib"]) < 1:
+        raise UsageError("--workspace must be a positive number of MiB")
+
+
+def build(ref, spec, writer, log: Callable[[str], None] = lambda _m: None, *, calib=None,
+          options: dict[str, Any] | None = None) -> dict[str, Any]:
+    import onnx
+
+    from .. import onnx_export, onnx_precision
+    from . import _trt
+
+    options = dict(options or {})
+    check_options(spec, options)
+    graph = writer.path(GRAPH)
+    fp32 = graph if spec.precision == "fp32" else graph.with_name("fp32.tmp.onnx")  # ModelOpt wants the .onnx suffix
+    log("exporting ONNX (opset 17) and checking it against PyTorch on ONNX Runtime")
+    config: dict[str, Any] = {"export": onnx_export.export(ref, fp32, batch=spec.batch), "graph": GRAPH}
+    if spec.precision == "fp16":
+        log("converting the graph to FP16 (ModelOpt autocast, FP32 input/output)")
+        config["precision_pass"] = onnx_precision.to_fp16(fp32, graph)
+    elif spec.precision == "int8":
+        cache = options.get("calib_cache")
+        method = options.get("calib_method", "entropy")
+        source = f"the calibration cache {cache}" if calib is None else f"{len(calib)} calibration images"
+        log(f"inserting INT8 Q/DQ (ModelOpt, {method} calibration on {source})")
+        config["precision_pass"] = onnx_precision.quantize_int8(
+            fp32, graph, calib=calib, method=method, exclude=options.get("exclude") or (),
+            cache=Path(cache) if cache else None, warn=log)
+        entries = onnx_precision.write_calib_cache(onnx.load(str(graph)), writer.path(CALIB_CACHE), method)
+        config["calib_cache"] = {"file": CALIB_CACHE, "tensors": entries, "format": "TensorRT calibration cache"}
+    if fp32 != graph:
+        fp32.unlink()
+    profile = _trt.Profile(spec.batch[0], spec.batch_opt or spec.batch[1], spec.batch[1])
+    config["profile"] = profile.to_dict()
+    settings = _trt.BuildSettings(profile=profile, workspace_mib=int(options.get("workspace_mib") or _trt.WORKSPACE_MIB),
+                                  opt_level=int(options.get("opt_level") if options.get("opt_level") is not None else 3),
+                                  timing_cache=Path(options.get("timing_cache") or _trt.default_timing_cache()),
+                                  tf32=spec.precision != "fp32")
+    config["build_settings"] = settings.to_dict()
+    problem = "--onnx-only was given" if options.get("onnx_only") else _trt.host_problem()
+    part: dict[str, Any] = {"backend_config": config, "environment": _trt.graph_environment()}
+    if problem:
+        log(f"note: the TensorRT engine step needs a TensorRT GPU host ({problem}); the artifact holds the "
+            f"{spec.precision} graph, and its check runs that graph on ONNX Runtime CPU")
+        config["engine"] = None
+        part.update(payload=GRAPH, load_options={"emulate": True})
+        return part
+    log(f"building the TensorRT engine (batch {profile.text()}, optimization level {settings.opt_level})")
+    config["engine"] = _trt.compile_engine(graph, writer.path(ENGINE_FILE), settings, log)
+    part.update(payload=ENGINE_FILE, runtime=config["engine"]["runtime"])
+    return part
+
+
+class TensorRTEngine(Engine):
+    """Options: ``emulate`` (run the artifact's graph on ONNX Runtime CPU instead of the engine:
+    a correctness check, not TensorRT), ``rebuild_engine`` (compile the stored graph for this
+    host's GPU and TensorRT, and store the new engine in the artifact), ``cuda_graph`` (capture
+    one CUDA graph per batch size on first use)."""
+
+    def _setup(self, *, emulate: bool = False, rebuild_engine: bool = False, cuda_graph: bool = False,
+               **options: Any) -> None:
+        if options:
+            raise UsageError(f"unknown tensorrt options: {', '.join(options)} (known: emulate, rebuild_engine, cuda_graph)")
+        self._runner = None
+        if emulate:
+            if rebuild_engine or cuda_graph:
+                raise UsageError("--emulate runs the graph on ONNX Runtime CPU; it takes no engine options")
+            self._runner = _OrtEmulator(self.artifact.file(GRAPH))
+            self.emulation = EMULATION
+            return
+        from . import _trt
+
+        problem = _trt.host_problem()
+        if problem:
+            raise BackendUnavailable(f"this TensorRT artifact needs a TensorRT GPU host ({problem}); "
+                                     "check its graph on CPU with `rexnet-deploy check --emulate`")
+        record = self.manifest["backend_config"].get("engine")
+        if rebuild_engine or record is None:
+            if record is None and not rebuild_engine:
+                raise ArtifactError(f"{self.artifact.path} holds no TensorRT engine (built without a GPU or with "
+                                    "--onnx-only): load it with --rebuild-engine to compile its stored graph here")
+            record = self._rebuild()
+        else:
+            mismatch = _trt.engine_mismatch(record)
+            if mismatch:
+                raise ArtifactError(f"{self.artifact.path}: {mismatch}; rebuild it from the stored graph with "
+                                    "--rebuild-engine")
+        self._runner = _trt.EngineRunner(self.artifact.file(ENGINE_FILE), self.input_name, self.output_names,
+                                         max_batch=self.batch_range[1], cuda_graph=cuda_graph)
+
+    def _rebuild(self) -> dict[str, Any]:
+        from . import _trt
+
+        config = self.manifest["backend_config"]
+        settings = _trt.BuildSettings.from_dict(config["build_settings"])
+        target = self.artifact.file(ENGINE_FILE)
+        tmp = target.with_name(ENGINE_FILE + ".tmp")
+        record = _trt.compile_engine(self.artifact.file(GRAPH), tmp, settings, lambda _m: None)
+        os.replace(tmp, target)
+        from ..artifact import file_sha256
+
+        config["engine"] = record
+        self.manifest["payload"] = ENGINE_FILE
+        self.manifest["runtime"] = record["runtime"]
+        self.manifest["files"][ENGINE_FILE] = file_sha256(target)
+        self.artifact.save_manifest()
+        return record
+
+    def _infer(self, batch: np.ndarray) -> list[np.ndarray]:
+        return self._runner(batch)
+
+    def _release(self) -> None:
+        if self._runner is not None and hasattr(self._runner, "close"):
+            self._runner.close()
+        self._runner = None
+
+
+class _OrtEmulator:
+    """The artifact's graph on ONNX Runtime CPU (thread-safe: ``InferenceSession.run`` is)."""
+
+    def __init__(self, path: Path):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise BackendUnavailable("emulating a TensorRT graph needs onnxruntime: "
+                                     "pip install 'rexnet-deploy[trt]'") from None
+        self._session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self._outputs = [o.name for o in self._session.get_outputs()]
+
+    def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
+        outs = self._session.run(self._outputs, {self._session.get_inputs()[0].name: batch})
+        return [np.asarray(o, dtype=np.float32) for o in outs]
+
+
+ENGINE = TensorRTEngine
