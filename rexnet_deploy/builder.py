@@ -35,6 +35,7 @@ def build(
     check_options: dict[str, Any] | None = None,
     check_size: int = DEFAULT_CHECK_SIZE,
     bench_batches: list[int] | None = None,
+    bench_seconds: float = 2.0,
     log: Log = lambda _m: None,
 ) -> Engine | None:
     """Build and publish an artifact at ``out``; returns the loaded Engine (closed by the caller).
@@ -124,7 +125,8 @@ def build(
                 from .harness.bench import bench
 
                 log("benchmarking against the FP32 eager reference")
-                artifact.set_report("bench", bench(engine, batches=bench_batches, reference=reference))
+                artifact.set_report("bench", bench(engine, batches=bench_batches, reference=reference,
+                                                      seconds=bench_seconds))
             engine.artifact = writer.publish()
         except BaseException:
             engine.close()

@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 import click
 
-from .errors import RexnetDeployError, UsageError, one_line
+from .errors import GateFailed, RexnetDeployError, UsageError, one_line
 
 DEBUG = os.environ.get("REXNET_DEPLOY_DEBUG") == "1"
 
@@ -158,9 +158,9 @@ def _status(quiet: bool) -> Iterator:
         yield _BuildLog(console, status)
 
 
-def _engine_options(**flags: bool) -> dict[str, bool]:
-    """Engine.load options of set flags only: other backends reject options they do not know."""
-    return {k: True for k, v in flags.items() if v}
+def _engine_options(**flags: Any) -> dict[str, Any]:
+    """Engine.load options that were given: other backends reject options they do not know."""
+    return {k: v for k, v in flags.items() if v}
 
 
 def _images_arg(images: tuple[str, ...]) -> Any:
@@ -300,15 +300,25 @@ def check(engine_path, images, labels, synthetic, limit, weights, gate, skip_bad
 @click.option("--batch", "batches", default="1,8,32", show_default=True, help="Comma-separated batch sizes.")
 @click.option("--seconds", type=float, default=2.0, show_default=True, help="Timed seconds per batch size, per model.")
 @click.option("--warmup", type=int, default=3, show_default=True)
+@click.option("--repeat", type=click.IntRange(min=1), default=None, help="Whole bench runs; speedups are their medians [1; 3 with --baseline/--save-baseline].")
 @click.option("--no-reference", is_flag=True, help="Time the engine alone (no torch needed; no speedup ratios).")
 @click.option("--weights", type=click.Path(), default=None, help="The reference's weights file, if it moved since the build.")
+@click.option("--images", "images_dir", type=click.Path(), default=None, help="Also measure end to end: these files → top-k labels, decoding included.")
+@click.option("--plot", "plot_path", type=click.Path(), default=None, help="Write a PNG chart of latency and throughput per batch.")
+@click.option("--baseline", type=click.Path(), default=None, help="Regression gate: compare speedups and agreement with this baseline; exit 1 on a regression.")
+@click.option("--max-regression", type=float, default=0.15, show_default=True, help="Largest allowed fractional drop of a speedup below the baseline's.")
+@click.option("--save-baseline", type=click.Path(), default=None, help="Write (or update) a baseline file with this run.")
 @click.option("--json", "json_out", type=click.Path(), default=None, help="Write the report as JSON.")
 @click.option("--no-save", is_flag=True, help="Do not store the report in the artifact's manifest.")
 @click.option("--rebuild-engine", is_flag=True, help="TensorRT artifacts: compile the stored graph for this host's GPU first.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Engine threads (openvino, onnxruntime) [all cores].")
 @click.option("-q", "--quiet", is_flag=True)
-def bench(engine_path, batches, seconds, warmup, no_reference, weights, json_out, no_save, rebuild_engine, quiet) -> None:
-    """Latency (p50/p90/p99) and throughput per batch, engine and FP32 eager reference in one run."""
+def bench(engine_path, batches, seconds, warmup, repeat, no_reference, weights, images_dir, plot_path, baseline,
+          max_regression, save_baseline, json_out, no_save, rebuild_engine, threads, quiet) -> None:
+    """Latency (p50/p90/p99) and throughput per batch, engine and FP32 eager reference in one run;
+    optionally end to end from image files, a chart, and a regression gate against a baseline."""
     from .engine import Engine
+    from .harness import baseline as gate
     from .harness.bench import bench as run_bench
     from .harness.report import bench_markdown
     from .spec import parse_batch_list
@@ -316,14 +326,52 @@ def bench(engine_path, batches, seconds, warmup, no_reference, weights, json_out
     sizes = parse_batch_list(batches)
     if seconds <= 0:
         raise UsageError("--seconds must be positive")
-    with Engine.load(engine_path, **_engine_options(rebuild_engine=rebuild_engine)) as engine, \
+    gating = baseline or save_baseline
+    if gating and no_reference:
+        raise UsageError("--baseline/--save-baseline compare speedups against the reference: drop --no-reference")
+    base = gate.load(baseline) if baseline else None  # a bad baseline fails before minutes of timing
+    if images_dir is not None and not Path(images_dir).exists():
+        raise UsageError(f"--images {images_dir} does not exist")
+    repeat = repeat or (3 if gating else 1)
+    with Engine.load(engine_path, **_engine_options(rebuild_engine=rebuild_engine, threads=threads)) as engine, \
             _progress("benchmarking", None, quiet) as update:
-        report = run_bench(engine, batches=sizes, reference=not no_reference, weights=weights, seconds=seconds,
-                           warmup=warmup, progress=update)
+        if base is not None:  # the engine/batches must be in the baseline before anything is timed
+            gate.compare(base, engine.manifest["model"]["name"], f"{engine.backend}/{engine.precision}",
+                         {"speedup": {str(b): float("inf") for b in sizes}}, max_regression=max_regression,
+                         source=f"baseline {baseline}")
+        runs = [run_bench(engine, batches=sizes, reference=not no_reference, weights=weights, seconds=seconds,
+                          warmup=warmup, progress=update) for _ in range(repeat)]
+        report = runs[0]
+        if repeat > 1:
+            report["speedup_runs"] = [r["speedup"] for r in runs]
+            report["speedup"] = gate.median_speedups(runs)
+            report["settings"]["repeat"] = repeat
+        if images_dir is not None:
+            from .harness.e2e import end_to_end
+
+            report["end_to_end"] = end_to_end(engine, images_dir, batches=sizes, progress=update)
+        result = None
+        if gating:
+            current = gate.entry(runs, engine.manifest.get("reports", {}).get("check"))
+            key, model = f"{engine.backend}/{engine.precision}", engine.manifest["model"]["name"]
+            if base is not None:
+                result = gate.compare(base, model, key, current, max_regression=max_regression,
+                                      source=f"baseline {baseline}")
+                report["gate"] = result
+            if save_baseline:
+                gate.save(save_baseline, model, {key: current}, report["host"])
         if not no_save:
             _save_report(engine, "bench", report)
     _write_json(json_out, report)
+    if plot_path:
+        from .harness.plot import plot_bench
+
+        plot_bench([report], plot_path)
     click.echo(bench_markdown(report))
+    if result is not None:
+        click.echo("\n" + gate.markdown(result))
+        if not result["passed"]:
+            raise GateFailed("regression gate failed: " + "; ".join(result["failures"]))
 
 
 @main.command()
@@ -351,6 +399,39 @@ def predict(engine_path, images, topk, skip_bad, as_json, rebuild_engine) -> Non
             click.echo(f"  {p['score']:7.2%}  {p['index']:4d}  {p['label']}")
     for f, why in loaded.skipped:
         click.echo(f"skipped {f}: {why}", err=True)
+
+
+@main.command()
+@click.option("--model", default="rexnet_100", show_default=True, help="ReXNet family member.")
+@click.option("--weights", default="pretrained", show_default=True, help="pretrained, a weights file, or random (with --seed).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--calib", type=click.Path(), default=None, help="Calibration images for the INT8 engines (without: INT8 is skipped).")
+@click.option("--calib-size", type=int, default=300, show_default=True)
+@click.option("--images", type=click.Path(), default=None, help="Images every engine is checked on [INT8: held-out calibration images; others: generated].")
+@click.option("--labels", type=click.Path(), default=None, help="CSV file,class_index for --images.")
+@click.option("--batch", "batches", default="1,8,32", show_default=True, help="Batch sizes to benchmark.")
+@click.option("--seconds", type=float, default=2.0, show_default=True, help="Timed seconds per batch size, per model.")
+@click.option("--only", multiple=True, metavar="BACKEND[/PRECISION]", help="Restrict to these engines (repeatable).")
+@click.option("--out", type=click.Path(), default="runs/matrix", show_default=True, help="Folder for the engines, matrix.json/.md/.png.")
+@click.option("-q", "--quiet", is_flag=True)
+def matrix(model, weights, seed, calib, calib_size, images, labels, batches, seconds, only, out, quiet) -> None:
+    """Build, check and benchmark every backend × precision this host can run; one table, JSON and a chart."""
+    from .matrix import run
+    from .spec import ModelSpec, WeightsSpec, parse_batch_list
+
+    sizes = parse_batch_list(batches)
+    for path, flag in ((calib, "--calib"), (images, "--images"), (labels, "--labels")):
+        if path is not None and not Path(path).exists():
+            raise UsageError(f"{flag} {path} does not exist")
+    spec = ModelSpec(name=model, weights=WeightsSpec.parse(weights, seed))
+    with _status(quiet) as log:
+        result = run(spec, out, calib=calib, calib_size=calib_size, images=images, labels=labels,
+                     batches=tuple(sizes), seconds=seconds, only=list(only) or None, log=log)
+    from .matrix import markdown
+
+    click.echo(markdown(result))
+    click.echo(f"\nwrote {Path(out) / 'matrix.json'}, {Path(out) / 'matrix.md'}"
+               + (f", {result['chart']}" if result.get("chart") else ""))
 
 
 @main.command()

@@ -124,7 +124,7 @@ class TensorRTEngine(Engine):
             if rebuild_engine or cuda_graph:
                 raise UsageError("--emulate runs the graph on ONNX Runtime CPU; it takes no engine options")
             self._runner = _OrtEmulator(self.artifact.file(GRAPH))
-            self.emulation = EMULATION
+            self.emulation, self.device = EMULATION, "cpu"
             return
         from . import _trt
 

@@ -63,6 +63,16 @@ def bench_markdown(report: dict[str, Any]) -> str:
             f"{r['throughput_ips']:.1f} | {_fmt(rr and rr['p50_ms'], 2)} | {_fmt(rr and rr['throughput_ips'], 1)} | "
             f"{_fmt(sp, 2) + '×' if sp else '–'} |"
         )
+    repeat = (report.get("settings") or {}).get("repeat")
+    if repeat:
+        lines.append(f"\nspeedup: the median of {repeat} runs (times: the first run)")
+    e2e = report.get("end_to_end")
+    if e2e:
+        lines += ["", f"end to end ({e2e['files']} files of {e2e['images']}, decode + preprocess on {e2e['workers']} threads):",
+                  "", "| batch | images | files → labels img/s | tensor-only img/s | ratio |", "|---:|---:|---:|---:|---:|"]
+        for r in e2e["results"]:
+            lines.append(f"| {r['batch']} | {r['images']} | {r['images_per_s']:.1f} | {r['tensor_images_per_s']:.1f} | "
+                         f"{r['ratio']:.2f} |")
     return "\n".join(lines)
 
 
