@@ -24,7 +24,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from .conftest import HAVE_SHARED, batch_of, build_engine

@@ -332,13 +332,13 @@ def bench(engine_path, batches, seconds, warmup, repeat, no_reference, weights, 
     base = gate.load(baseline) if baseline else None  # a bad baseline fails before minutes of timing
     if images_dir is not None and not Path(images_dir).exists():
         raise UsageError(f"--images {images_dir} does not exist")
+    gate.check_max_regression(max_regression)
     repeat = repeat or (3 if gating else 1)
     with Engine.load(engine_path, **_engine_options(rebuild_engine=rebuild_engine, threads=threads)) as engine, \
             _progress("benchmarking", None, quiet) as update:
         if base is not None:  # the engine/batches must be in the baseline before anything is timed
-            gate.compare(base, engine.manifest["model"]["name"], f"{engine.backend}/{engine.precision}",
-                         {"speedup": {str(b): float("inf") for b in sizes}}, max_regression=max_regression,
-                         source=f"baseline {baseline}")
+            gate.check_fits(base, engine.manifest["model"]["name"], f"{engine.backend}/{engine.precision}", sizes,
+                            source=f"baseline {baseline}")
         runs = [run_bench(engine, batches=sizes, reference=not no_reference, weights=weights, seconds=seconds,
                           warmup=warmup, progress=update) for _ in range(repeat)]
         report = runs[0]

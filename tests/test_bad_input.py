@@ -25,7 +25,7 @@ from rexnet_deploy import BuildSpec, Engine, ModelSpec, WeightsSpec, build
 from rexnet_deploy.errors import (ArtifactError, BuildError, ImageError, InputError, RexnetDeployError, UsageError,
                                   WeightsError)
 
-from .conftest import error_line, expect_error, run_cli
+from .conftest import expect_error, run_cli
 
 RANDOM = ("--weights", "random", "--seed", "0", "-q")
 

@@ -73,6 +73,8 @@ def test_bad_gate_input(ts_engine_path, tmp_path):
     expect_error(run_cli("bench", str(ts_engine_path), *FAST, "--baseline", str(tmp_path / "none.json")), "does not exist")
     expect_error(run_cli("bench", str(ts_engine_path), *FAST, "--save-baseline", str(tmp_path / "b.json"),
                          "--no-reference"), "drop --no-reference")
+    expect_error(run_cli("bench", str(ts_engine_path), *FAST, "--save-baseline", str(tmp_path / "b.json"),
+                         "--max-regression", "1.5"), "--max-regression must be a fraction")
     with pytest.raises(UsageError, match="fraction"):
         gate.compare({"model": "m", "engines": {}}, "m", "k", {"speedup": {}}, max_regression=1.5)
 

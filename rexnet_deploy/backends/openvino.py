@@ -22,7 +22,6 @@ Runtime (this module imports neither torch nor timm):
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 import warnings

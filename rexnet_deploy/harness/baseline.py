@@ -77,21 +77,32 @@ def load(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
-def compare(baseline: dict[str, Any], model: str, key: str, current: dict[str, Any], *,
-            max_regression: float = DEFAULT_MAX_REGRESSION, source: str = "baseline") -> dict[str, Any]:
-    """Compare one engine's ``current`` entry with the baseline's; a baseline of another model, or
-    without this engine or batch size, is a UsageError (exit 2), a regression is a failure."""
-    if not 0 < max_regression < 1:
-        raise UsageError(f"--max-regression must be a fraction in (0, 1), got {max_regression}")
+def check_max_regression(value: float) -> None:
+    if not 0 < value < 1:
+        raise UsageError(f"--max-regression must be a fraction in (0, 1), got {value}")
+
+
+def check_fits(baseline: dict[str, Any], model: str, key: str, batches, *, source: str = "baseline") -> dict[str, Any]:
+    """The baseline's entry for engine ``key``; a baseline of another model, or without this
+    engine or one of ``batches``, is a UsageError (exit 2) — checked before anything is timed."""
     if baseline["model"] != model:
         raise UsageError(f"{source} is for model {baseline['model']}, this engine is {model}")
     if key not in baseline["engines"]:
         raise UsageError(f"{source} has no entry for {key} (it has: {', '.join(sorted(baseline['engines'])) or 'none'})")
     base = baseline["engines"][key]
-    missing = sorted(set(current["speedup"]) - set(base["speedup"]), key=int)
+    missing = sorted({str(b) for b in batches} - set(base["speedup"]), key=int)
     if missing:
         raise UsageError(f"{source} has no {key} speedup at batch {', '.join(missing)} "
                          f"(it has batch {', '.join(sorted(base['speedup'], key=int))})")
+    return base
+
+
+def compare(baseline: dict[str, Any], model: str, key: str, current: dict[str, Any], *,
+            max_regression: float = DEFAULT_MAX_REGRESSION, source: str = "baseline") -> dict[str, Any]:
+    """Compare one engine's ``current`` entry with the baseline's (see :func:`check_fits`); a
+    regression is a failure in the result, not an exception."""
+    check_max_regression(max_regression)
+    base = check_fits(baseline, model, key, current["speedup"], source=source)
     rows, failures = [], []
     for batch, now in sorted(current["speedup"].items(), key=lambda kv: int(kv[0])):
         then = base["speedup"][batch]

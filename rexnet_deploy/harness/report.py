@@ -88,8 +88,8 @@ def info_markdown(manifest: dict[str, Any], path: str) -> str:
         + ("" if w.get("production", True) else " — NOT FOR PRODUCTION"),
         f"- backend: {manifest['backend']} {manifest['precision']} on {manifest.get('device', 'cpu')}",
         f"- input: {inp['name']} {inp['dtype']} {inp['layout']} {inp['shape']}, batch {inp['batch'][0]}..{inp['batch'][1]}",
-        f"- outputs: " + ", ".join(f"{o['name']} {o['shape']}" for o in manifest["outputs"]),
-        f"- files: " + ", ".join(manifest["files"]),
+        "- outputs: " + ", ".join(f"{o['name']} {o['shape']}" for o in manifest["outputs"]),
+        "- files: " + ", ".join(manifest["files"]),
         f"- built {manifest.get('created')} with " + ", ".join(
             f"{k} {v}" for k, v in manifest.get("environment", {}).items()
             if k in ("rexnet_deploy", "torch", "timm", "openvino", "nncf", "onnxruntime", "modelopt")),
