@@ -39,7 +39,7 @@ def export(ref, path: Path, *, opset: int = OPSET, batch: tuple[int, int] = (1, 
     except onnx.checker.ValidationError as exc:
         raise BuildError(f"the exported ONNX graph is invalid: {one_line(exc)}") from None
     worst = 0.0
-    session = _cpu_session(path)
+    session = cpu_session(path)
     lo, hi = batch
     for n in sorted({lo, min(hi, 3)}):
         x = torch.randn(n, c, h, w, generator=torch.Generator().manual_seed(n))
@@ -54,7 +54,8 @@ def export(ref, path: Path, *, opset: int = OPSET, batch: tuple[int, int] = (1, 
     return {"opset": opset, "exporter": "torch.onnx (TorchScript)", "max_abs_error_vs_torch": worst}
 
 
-def _cpu_session(path: Path):
+def cpu_session(path: Path):
+    """An ONNX Runtime session on the CPU provider (ONNX Runtime's default graph optimizations)."""
     import onnxruntime as ort
 
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

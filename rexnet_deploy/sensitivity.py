@@ -219,8 +219,7 @@ def analyze(target: str, *, calib: str, weights: str = "pretrained", seed: int =
         m = manifest["model"]
         if m["head"] != "classify":
             raise UsageError("sensitivity ranks layers by top-1 agreement: it needs a classify-head model")
-        model = ModelSpec(name=m["name"], head="classify", weights=WeightsSpec.from_record(m["weights"]),
-                          test_size=bool(m.get("test_size", False)))
+        model = ModelSpec.from_record(m)
         if manifest["backend"] == "tensorrt" and manifest["precision"] == "int8":
             qdq_source = Path(target) / manifest["backend_config"]["graph"]
             recorded = manifest.get("calibration")

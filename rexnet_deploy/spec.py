@@ -70,6 +70,12 @@ class ModelSpec:
     # timm's test_input_size/test_crop_pct (some tags, e.g. rexnetr_200.sw_in12k_ft_in1k, have them)
     test_size: bool = False
 
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> "ModelSpec":
+        """From a manifest's ``model`` record (the reference an artifact was built from)."""
+        return cls(name=record["name"], head=record["head"], weights=WeightsSpec.from_record(record["weights"]),
+                   test_size=bool(record.get("test_size", False)))
+
     def __post_init__(self) -> None:
         if self.head not in HEADS:
             raise UsageError(f"unknown head {self.head!r} (one of {', '.join(HEADS)})")

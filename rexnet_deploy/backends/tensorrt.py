@@ -177,12 +177,13 @@ class _OrtEmulator:
     """The artifact's graph on ONNX Runtime CPU (thread-safe: ``InferenceSession.run`` is)."""
 
     def __init__(self, path: Path):
+        from ..onnx_export import cpu_session
+
         try:
-            import onnxruntime as ort
+            self._session = cpu_session(path)
         except ImportError:
             raise BackendUnavailable("emulating a TensorRT graph needs onnxruntime: "
                                      "pip install 'rexnet-deploy[trt]'") from None
-        self._session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         self._outputs = [o.name for o in self._session.get_outputs()]
 
     def __call__(self, batch: np.ndarray) -> list[np.ndarray]:

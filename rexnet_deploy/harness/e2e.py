@@ -28,7 +28,7 @@ def _load(path: Path, config) -> np.ndarray | None:
     try:
         return preprocess_image(load_image(path), config)
     except ImageError:
-        return None  # counted as skipped; a benchmark should not stop on one bad file
+        return None  # left out of the batch (and of the image count): a benchmark does not stop on one bad file
 
 
 def run_files(engine: Engine, files: Sequence[Path], batch: int, *, workers: int, prefetch: int = 2,

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..models import ReferenceModel, create_reference
-from ..spec import ModelSpec, WeightsSpec
+from ..spec import ModelSpec
 
 
 class TorchReference:
@@ -30,9 +30,7 @@ class TorchReference:
             from ..errors import UsageError
 
             raise UsageError(f"--weights is for engines built from a weights file; this one used {m['weights']['source']} weights")
-        spec = ModelSpec(name=m["name"], head=m["head"], weights=WeightsSpec.from_record(m["weights"]),
-                         test_size=bool(m.get("test_size", False)))
-        return cls(create_reference(spec, weights_override=weights))
+        return cls(create_reference(ModelSpec.from_record(m), weights_override=weights))
 
     def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
         torch = self._torch
