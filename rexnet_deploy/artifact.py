@@ -64,8 +64,10 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 def environment(**versions: str | None) -> dict[str, Any]:
-    """The build environment: Python, platform, CPU, and the library versions passed in."""
+    """The build environment: Python, platform, CPU (name and instruction-set class), and the
+    library versions passed in."""
     from . import __version__
+    from .cpu import isa_class
 
     env = {
         "rexnet_deploy": __version__,
@@ -73,6 +75,7 @@ def environment(**versions: str | None) -> dict[str, Any]:
         "platform": platform.platform(),
         "machine": platform.machine(),
         "cpu": cpu_name(),
+        "cpu_isa": isa_class(),  # what speed and bf16/INT8 results depend on; the name does not say it
         "cpu_count": os.cpu_count(),
     }
     try:

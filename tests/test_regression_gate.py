@@ -4,9 +4,13 @@ throughput from image files, and bench charts — on the session's TorchScript e
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+from pathlib import Path
 
 import pytest
 
+from rexnet_deploy.cpu import isa_class
 from rexnet_deploy.errors import UsageError
 from rexnet_deploy.harness import baseline as gate
 
@@ -14,6 +18,9 @@ from .conftest import expect_error, run_cli
 
 pytestmark = pytest.mark.slow
 FAST = ["--batch", "1", "--seconds", "0.3", "--warmup", "1", "--repeat", "1", "--no-save", "-q"]
+HERE = isa_class()
+OTHER = "amx" if HERE != "amx" else "avx2"  # a class this host is not
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +33,9 @@ def saved_baseline(ts_engine_path, tmp_path_factory):
 
 def test_saved_baseline_holds_speedups_and_agreement(saved_baseline):
     data = json.loads(saved_baseline.read_text())
-    assert data["kind"] == gate.KIND and data["model"] == "rexnet_100"
-    entry = data["engines"]["torchscript/fp32"]
+    assert data["kind"] == gate.KIND and data["model"] == "rexnet_100" and list(data["classes"]) == [HERE]
+    assert data["classes"][HERE]["host"]["cpu_isa"] == HERE
+    entry = data["classes"][HERE]["engines"]["torchscript/fp32"]
     assert set(entry["speedup"]) == {"1"} and entry["speedup"]["1"] > 0
     assert entry["agreement"]["top1_agreement"] == 1.0  # from the artifact's build check
 
@@ -37,15 +45,17 @@ def test_gate_passes_on_the_real_baseline_and_fails_on_a_planted_regression(ts_e
     assert r.returncode == 0, r.stdout + r.stderr
     assert "gate: **passed**" in r.stdout
     planted = json.loads(saved_baseline.read_text())
-    planted["engines"]["torchscript/fp32"]["speedup"]["1"] *= 3  # claims a ratio the engine never reaches
+    planted["classes"][HERE]["engines"]["torchscript/fp32"]["speedup"]["1"] *= 3  # a ratio the engine never reaches
+    planted["classes"][OTHER] = json.loads(json.dumps(planted["classes"][HERE]))  # another class does not mask it
     (tmp_path / "planted.json").write_text(json.dumps(planted))
     r = run_cli("bench", str(ts_engine_path), *FAST, "--baseline", str(tmp_path / "planted.json"))
     line = expect_error(r, "regression gate failed", "torchscript/fp32 speedup at batch 1", code=1)
-    assert "REGRESSED" in r.stdout and line
+    assert "REGRESSED" in r.stdout and f"on CPU class {HERE}" in r.stdout and line
+    assert "NOT GATED" not in r.stderr
 
 
 def test_gate_fails_on_an_agreement_drop(saved_baseline):
-    data = json.loads(saved_baseline.read_text())
+    data = gate.for_host(gate.load(saved_baseline))
     current = {"speedup": dict(data["engines"]["torchscript/fp32"]["speedup"]),
                "agreement": {"top1_agreement": 0.95}}
     result = gate.compare(data, "rexnet_100", "torchscript/fp32", current)
@@ -54,9 +64,12 @@ def test_gate_fails_on_an_agreement_drop(saved_baseline):
 
 @pytest.mark.parametrize("edit, fragment", [
     (lambda d: d.update(model="rexnet_150"), "is for model rexnet_150"),
-    (lambda d: d["engines"].pop("torchscript/fp32"), "no entry for torchscript/fp32"),
-    (lambda d: d["engines"]["torchscript/fp32"]["speedup"].pop("1"), "no torchscript/fp32 speedup at batch 1"),
+    (lambda d: d["classes"][HERE]["engines"].pop("torchscript/fp32"), f"no entry for torchscript/fp32 on CPU class {HERE}"),
+    (lambda d: d["classes"][HERE]["engines"]["torchscript/fp32"]["speedup"].pop("1"),
+     "no torchscript/fp32 speedup at batch 1"),
     (lambda d: d.update(kind="something-else"), "is not a rexnet-deploy baseline"),
+    (lambda d: d.update(version=1), "has version 1"),
+    (lambda d: d.update(classes=[]), "no per-class engine entries"),
 ])
 def test_a_baseline_that_does_not_fit_is_exit_2_before_timing(ts_engine_path, saved_baseline, tmp_path, edit, fragment):
     data = json.loads(saved_baseline.read_text())
@@ -65,6 +78,71 @@ def test_a_baseline_that_does_not_fit_is_exit_2_before_timing(ts_engine_path, sa
     bad.write_text(json.dumps(data))
     r = run_cli("bench", str(ts_engine_path), *FAST, "--baseline", str(bad))
     expect_error(r, fragment)
+
+
+def test_isa_class_is_the_best_instruction_set_the_flags_name():
+    assert gate.isa_class is isa_class  # the gate keys by the one shared detector
+    assert isa_class(["sse4_2", "avx", "avx2", "fma"]) == "avx2"
+    assert isa_class(["avx2", "avx512f", "avx512bw"]) == "avx512"
+    assert isa_class(["avx2", "avx512f", "avx512_vnni", "avx512_bf16"]) == "avx512-vnni"
+    assert isa_class(["avx2", "avx512f", "avx512_vnni", "amx_bf16", "amx_tile", "amx_int8"]) == "amx"
+    assert isa_class(["fp", "asimd"]).startswith("generic-")
+    assert HERE in {"avx2", "avx512", "avx512-vnni", "amx"} or HERE.startswith("generic-")
+    from rexnet_deploy.artifact import environment
+
+    assert environment()["cpu_isa"] == HERE  # manifests record the class they were built and checked on
+
+
+def test_a_host_whose_class_has_no_entry_is_not_gated_and_says_so(ts_engine_path, saved_baseline, tmp_path):
+    data = json.loads(saved_baseline.read_text())
+    data["classes"] = {OTHER: data["classes"][HERE]}
+    data["classes"][OTHER]["engines"]["torchscript/fp32"]["speedup"]["1"] *= 100  # would fail if compared
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(data))
+    r = run_cli("bench", str(ts_engine_path), *FAST, "--baseline", str(other))
+    assert r.returncode == 0, r.stdout + r.stderr
+    warning = [line for line in r.stderr.splitlines() if "NOT GATED" in line]
+    assert len(warning) == 1, r.stderr
+    assert f"CPU class {HERE}" in warning[0] and f"it has: {OTHER}" in warning[0]
+    assert "bash benchmarks/ci_gate.sh --save" in warning[0] and "commit" in warning[0]
+    assert "regression gate" not in r.stdout and "REGRESSED" not in r.stdout
+
+
+def test_save_adds_or_replaces_only_this_class(ts_engine_path, saved_baseline, tmp_path):
+    data = json.loads(saved_baseline.read_text())
+    mine = data["classes"][HERE]
+    mine["engines"]["torchscript/fp32"]["speedup"]["1"] = -1.0  # replaced by the new measurement
+    mine["engines"]["openvino/fp32"] = {"speedup": {"1": 9.0}, "agreement": {}, "runs": 5}  # kept: other engine
+    data["classes"][OTHER] = {"engines": {"torchscript/fp32": {"speedup": {"1": 123.0}, "agreement": {}, "runs": 5}},
+                              "host": {"cpu": "elsewhere"}, "created": "then"}
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps(data))
+    r = run_cli("bench", str(ts_engine_path), *FAST, "--save-baseline", str(path))
+    assert r.returncode == 0, r.stderr
+    after = json.loads(path.read_text())
+    assert after["classes"][OTHER] == data["classes"][OTHER]
+    assert after["classes"][HERE]["engines"]["openvino/fp32"]["speedup"] == {"1": 9.0}
+    assert after["classes"][HERE]["engines"]["torchscript/fp32"]["speedup"]["1"] > 0
+    with pytest.raises(UsageError, match="is for model rexnet_100"):  # never drops the classes of another model
+        gate.save(path, "rexnet_150", {}, {})
+
+
+def test_ci_gate_exits_0_at_once_on_an_ungated_class_and_2_on_a_bad_baseline(saved_baseline, tmp_path):
+    data = json.loads(saved_baseline.read_text())
+    data["classes"] = {OTHER: data["classes"][HERE]}
+    (tmp_path / "other.json").write_text(json.dumps(data))
+
+    def run(name: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "benchmarks/ci_gate.sh"], cwd=REPO, capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "BASELINE": str(tmp_path / name)})
+
+    r = run("other.json")  # what .ci/run meets on a class without an entry: green, loudly ungated, no builds
+    assert r.returncode == 0 and "NOT GATED" in r.stderr and "bash benchmarks/ci_gate.sh --save" in r.stderr, r.stderr
+    (tmp_path / "v1.json").write_text(json.dumps({"kind": gate.KIND, "version": 1, "model": "rexnet_100", "engines": {}}))
+    r = run("v1.json")
+    assert r.returncode == 2 and "has version 1" in r.stderr, r.stderr
+    committed = gate.load(REPO / "benchmarks" / "baseline.json")
+    assert "avx2" in committed["classes"]  # measured on an AVX2-only AMD EPYC
 
 
 def test_bad_gate_input(ts_engine_path, tmp_path):

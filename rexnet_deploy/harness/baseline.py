@@ -5,6 +5,12 @@ over the FP32 eager reference *measured in the same run* (ratios survive a chang
 noisy neighbour; absolute times do not), and the engine's agreement metrics. A new run fails the
 gate when a ratio falls more than ``max_regression`` (a fraction) below the baseline's, or an
 agreement metric falls below the baseline's by more than its tolerance.
+
+Ratios still depend on the CPU's instruction-set class (:func:`rexnet_deploy.cpu.isa_class`:
+``avx2``, ``avx512``, ``avx512-vnni``, ``amx``): an AVX-512 host's ONNX Runtime speedup differs from
+an AVX2 host's. So one file holds one entry per class, and a host is gated only against its own
+class's entry; a host whose class has none is *not gated* (a loud warning, not a failure), rather
+than compared with another class's ratios.
 """
 
 from __future__ import annotations
@@ -14,13 +20,15 @@ import json
 import os
 import statistics
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
+from ..cpu import isa_class
 from ..errors import UsageError
 
 KIND = "rexnet-deploy-baseline"
-VERSION = 1
+VERSION = 2  # 2: entries per instruction-set class ("classes"); 1 had one host, named by CPU model
 DEFAULT_MAX_REGRESSION = 0.15
+NOT_GATED = 3  # exit status of ``python -m rexnet_deploy.harness.baseline`` on a class without an entry
 # How far an agreement metric may fall below the baseline's (absolute): one image in 100 for top-1.
 AGREEMENT_TOLERANCE = {"top1_agreement": 0.01, "top5_agreement": 0.01, "cosine_min": 0.005, "sqnr_db": 1.0}
 
@@ -47,34 +55,79 @@ def entry(reports: Sequence[dict[str, Any]], check: dict[str, Any] | None) -> di
     }
 
 
-def save(path: str | os.PathLike, model: str, entries: dict[str, dict[str, Any]], host: dict[str, Any]) -> dict[str, Any]:
-    """Write (or update: other engines' entries are kept) a baseline file."""
+def save(path: str | os.PathLike, model: str, entries: dict[str, dict[str, Any]], host: dict[str, Any], *,
+         isa: str | None = None) -> dict[str, Any]:
+    """Write (or update) a baseline file: the entries go into this host's instruction-set class
+    (``isa``, default :func:`isa_class`), next to that class's other engines; other classes'
+    entries are kept as they are."""
     path = Path(path)
-    data = {"kind": KIND, "version": VERSION, "model": model, "engines": {}}
+    isa = isa or isa_class()
+    data: dict[str, Any] = {"kind": KIND, "version": VERSION, "model": model, "classes": {}}
     if path.is_file():
         old = load(path)
-        if old["model"] == model:
-            data["engines"] = old["engines"]
-    data["engines"].update(entries)
-    data["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    data["host"] = host
+        if old["model"] != model:
+            # replacing it would silently drop every other class's measurements
+            raise UsageError(f"baseline {path} is for model {old['model']}, this engine is {model}: "
+                             f"save to another file")
+        data["classes"] = old["classes"]
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    cls = data["classes"].setdefault(isa, {"engines": {}})
+    cls["engines"].update(entries)
+    cls.update(created=now, host={**host, "cpu_isa": isa})
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     return data
 
 
 def load(path: str | os.PathLike) -> dict[str, Any]:
+    """A whole baseline file (every class), validated."""
     try:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise UsageError(f"baseline {path} does not exist (write one with --save-baseline)") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UsageError(f"baseline {path} is not readable JSON: {exc}") from None
-    if not isinstance(data, dict) or data.get("kind") != KIND or not isinstance(data.get("engines"), dict):
+    if not isinstance(data, dict) or data.get("kind") != KIND:
         raise UsageError(f"{path} is not a rexnet-deploy baseline (kind {KIND!r})")
     if data.get("version") != VERSION:
-        raise UsageError(f"baseline {path} has version {data.get('version')}, this rexnet-deploy reads {VERSION}")
+        raise UsageError(f"baseline {path} has version {data.get('version')}, this rexnet-deploy reads {VERSION} "
+                         f"(entries per CPU instruction-set class): re-measure it with --save-baseline")
+    classes = data.get("classes")
+    if not isinstance(classes, dict) or not all(isinstance(c, dict) and isinstance(c.get("engines"), dict)
+                                                for c in classes.values()):
+        raise UsageError(f"{path} is not a rexnet-deploy baseline (no per-class engine entries)")
     return data
+
+
+def for_host(data: dict[str, Any], isa: str | None = None) -> dict[str, Any] | None:
+    """The part of a baseline file that gates this host: ``{"model", "isa", "engines"}`` of its
+    instruction-set class (``isa``, default :func:`isa_class`), or None when the file has no entry
+    for that class. Never another class's entry: their ratios are not this host's."""
+    isa = isa or isa_class()
+    cls = data["classes"].get(isa)
+    if cls is None:
+        return None
+    return {"model": data["model"], "isa": isa, "engines": cls["engines"]}
+
+
+def not_gated_message(path: str | os.PathLike, data: dict[str, Any], isa: str | None = None) -> str:
+    """The warning for a host whose class has no entry: loud, and saying how to add one."""
+    isa = isa or isa_class()
+    have = ", ".join(sorted(data["classes"])) or "none"
+    return (f"warning: this host is NOT GATED: baseline {path} has no entry for its CPU class {isa} "
+            f"(it has: {have}), so performance regressions go unnoticed here. To gate this class, "
+            f"measure it at a quiet moment with `bash benchmarks/ci_gate.sh --save` (or `rexnet-deploy bench "
+            f"ENGINE --save-baseline {path}`) and commit {path}")
+
+
+def load_for_host(path: str | os.PathLike, warn: Callable[[str], None]) -> dict[str, Any] | None:
+    """:func:`load` then :func:`for_host`; when this host's class has no entry, ``warn`` the
+    :func:`not_gated_message` and return None (no gate; the caller goes on ungated)."""
+    data = load(path)
+    base = for_host(data)
+    if base is None:
+        warn(not_gated_message(path, data))
+    return base
 
 
 def check_max_regression(value: float) -> None:
@@ -83,12 +136,14 @@ def check_max_regression(value: float) -> None:
 
 
 def check_fits(baseline: dict[str, Any], model: str, key: str, batches, *, source: str = "baseline") -> dict[str, Any]:
-    """The baseline's entry for engine ``key``; a baseline of another model, or without this
-    engine or one of ``batches``, is a UsageError (exit 2) — checked before anything is timed."""
+    """The entry for engine ``key`` in ``baseline`` (one class, from :func:`for_host`); a baseline
+    of another model, or without this engine or one of ``batches``, is a UsageError (exit 2) —
+    checked before anything is timed."""
     if baseline["model"] != model:
         raise UsageError(f"{source} is for model {baseline['model']}, this engine is {model}")
     if key not in baseline["engines"]:
-        raise UsageError(f"{source} has no entry for {key} (it has: {', '.join(sorted(baseline['engines'])) or 'none'})")
+        raise UsageError(f"{source} has no entry for {key} on CPU class {baseline.get('isa', '?')} "
+                         f"(it has: {', '.join(sorted(baseline['engines'])) or 'none'})")
     base = baseline["engines"][key]
     missing = sorted({str(b) for b in batches} - set(base["speedup"]), key=int)
     if missing:
@@ -121,15 +176,38 @@ def compare(baseline: dict[str, Any], model: str, key: str, current: dict[str, A
         rows.append({"metric": metric, "baseline": then, "current": now, "floor": floor, "ok": ok})
         if not ok:
             failures.append(f"{key} {metric} is {now:.4g}, below {floor:.4g} (baseline {then:.4g})")
-    return {"engine": key, "max_regression": max_regression, "rows": rows, "failures": failures,
-            "passed": not failures}
+    return {"engine": key, "isa": baseline.get("isa"), "max_regression": max_regression, "rows": rows,
+            "failures": failures, "passed": not failures}
 
 
 def markdown(result: dict[str, Any]) -> str:
-    lines = [f"### regression gate: {result['engine']} (max regression {result['max_regression']:.0%})", "",
+    on = f" on CPU class {result['isa']}" if result.get("isa") else ""
+    lines = [f"### regression gate: {result['engine']}{on} (max regression {result['max_regression']:.0%})", "",
              "| metric | baseline | current | floor | |", "|---|---:|---:|---:|---|"]
     for r in result["rows"]:
         lines.append(f"| {r['metric']} | {r['baseline']:.4g} | {r['current']:.4g} | {r['floor']:.4g} | "
                      f"{'ok' if r['ok'] else '**REGRESSED**'} |")
     lines += ["", f"gate: **{'passed' if result['passed'] else 'FAILED'}**"]
     return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m rexnet_deploy.harness.baseline FILE``: exit 0 when FILE gates this host's CPU
+    class, 3 (with the not-gated warning on stderr) when it has no entry for it, 2 on a bad file.
+    ``benchmarks/ci_gate.sh`` asks this before spending minutes on builds it could not gate."""
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1:
+        print("usage: python -m rexnet_deploy.harness.baseline BASELINE.json", file=sys.stderr)
+        return 2
+    try:
+        base = load_for_host(args[0], warn=lambda m: print(m, file=sys.stderr))
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0 if base is not None else NOT_GATED
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

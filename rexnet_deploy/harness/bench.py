@@ -107,6 +107,6 @@ def bench(
         "speedup": speedup or None,
         "throughput_ratio": throughput_ratio or None,
         "settings": {"seconds": seconds, "min_iters": min_iters, "warmup": warmup, "rounds": rounds},
-        "host": {k: v for k, v in environment().items() if k in ("cpu", "cpu_count", "machine")},
+        "host": {k: v for k, v in environment().items() if k in ("cpu", "cpu_isa", "cpu_count", "machine")},
         "seconds": round(time.perf_counter() - t_start, 2),
     }
