@@ -1,7 +1,10 @@
 """The engine artifact: a directory of payload files plus ``manifest.json``.
 
 Written atomically: everything goes into a hidden temporary sibling of ``--out`` that is renamed
-into place at the end, so a failed or interrupted build leaves nothing at ``--out``.
+into place at the end, so a failed or interrupted build leaves nothing at ``--out``. A build killed
+outright (``kill -9``, power loss) cannot remove that staging folder itself; it records its owner
+(host, pid, process start time) inside it, and the next build in the same folder sweeps the
+staging folders whose owner process is gone.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import math
 import os
 import platform
 import shutil
+import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +28,9 @@ from .errors import ArtifactError, BuildError, one_line
 MANIFEST = "manifest.json"
 FORMAT = "rexnet-deploy-engine"
 SCHEMA = 1
+STAGING = ".building-"  # staging folders are ".{out.name}.building-XXXXXXXX" beside --out
+OWNER = ".building-owner.json"  # inside a staging folder: which process is building it
+OWNER_KIND = "rexnet-deploy-staging"
 # mkdtemp/mkstemp create 0700/0600; published artifacts get the permissions of ordinary files
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -199,6 +206,63 @@ def verify_files(root: Path, files: dict[str, str]) -> None:
             )
 
 
+def _process_start(pid: int) -> str | None:
+    """When process ``pid`` started (boot id + start time in clock ticks, from /proc), or None
+    where /proc cannot say; with the pid it names one process, even after the pid is reused."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # the command name may hold spaces and parentheses
+    return f"{boot}:{fields[19]}"  # field 22, starttime
+
+
+def _owner_record() -> dict[str, Any]:
+    pid = os.getpid()
+    return {"kind": OWNER_KIND, "host": socket.gethostname(), "pid": pid, "start": _process_start(pid)}
+
+
+def _owner_is_dead(record: Any) -> bool:
+    """True only when the recorded builder process is certainly gone: a record of another host,
+    or one that cannot be read, counts as alive (its folder is kept)."""
+    if not (isinstance(record, dict) and record.get("kind") == OWNER_KIND and isinstance(record.get("pid"), int)):
+        return False
+    if record.get("host") != socket.gethostname():
+        return False  # a shared folder: that host's processes are not visible from here
+    pid = record["pid"]
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # exists, owned by another user
+    except (OSError, OverflowError):
+        return False
+    start = record.get("start")
+    return start is not None and _process_start(pid) not in (None, start)  # the pid now names another process
+
+
+def sweep_stale_staging(parent: str | os.PathLike) -> list[Path]:
+    """Remove the staging folders in ``parent`` left by builds that died without cleaning up
+    (``kill -9``); returns them. Only hidden ``.*.building-*`` folders holding an owner record of
+    a dead process go: a live build's folder, or one without a readable owner record, stays."""
+    swept = []
+    with contextlib.suppress(OSError):
+        for folder in Path(parent).glob(f".*{STAGING}*"):
+            if folder.is_symlink() or not folder.is_dir():
+                continue
+            try:
+                record = json.loads((folder / OWNER).read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                continue
+            if _owner_is_dead(record):
+                shutil.rmtree(folder, ignore_errors=True)
+                if not folder.exists():  # a read-only parent keeps it; say only what went
+                    swept.append(folder)
+    return swept
+
+
 class ArtifactWriter:
     """Collects payload files in a temporary directory; ``commit`` writes the manifest and renames."""
 
@@ -213,8 +277,12 @@ class ArtifactWriter:
             raise BuildError(f"--out {self.out} is a non-empty folder that is not an artifact; refusing to replace it")
         try:
             self.out.parent.mkdir(parents=True, exist_ok=True)
-            self.tmp = Path(tempfile.mkdtemp(dir=self.out.parent, prefix=f".{self.out.name}.building-"))
+            self.swept = sweep_stale_staging(self.out.parent)
+            self.tmp = Path(tempfile.mkdtemp(dir=self.out.parent, prefix=f".{self.out.name}{STAGING}"))
+            write_json_atomic(self.tmp / OWNER, _owner_record())
         except OSError as exc:  # a parent that is a file, a read-only or vanished folder
+            if getattr(self, "tmp", None) is not None:
+                shutil.rmtree(self.tmp, ignore_errors=True)
             raise BuildError(f"cannot create --out {self.out}: {exc.strerror or exc}") from None
 
     def path(self, name: str) -> Path:
@@ -225,7 +293,7 @@ class ArtifactWriter:
         engine can be loaded and checked before it is published."""
         files = {}
         for p in sorted(self.tmp.rglob("*")):
-            if p.is_file() and p.name != MANIFEST:
+            if p.is_file() and p.name != MANIFEST and p != self.tmp / OWNER:
                 files[p.relative_to(self.tmp).as_posix()] = file_sha256(p)
         manifest = {"format": FORMAT, "schema": SCHEMA,
                     "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -238,6 +306,7 @@ class ArtifactWriter:
     def publish(self) -> Artifact:
         """Rename the finished artifact into place at ``out``."""
         os.chmod(self.tmp, 0o777 & ~_UMASK)
+        (self.tmp / OWNER).unlink(missing_ok=True)  # bookkeeping of the build, not part of the artifact
         if self.out.exists():
             # swap: old aside, new in, old removed — a crash in between leaves one of them whole
             trash = Path(tempfile.mkdtemp(dir=self.out.parent, prefix=f".{self.out.name}.old-"))
