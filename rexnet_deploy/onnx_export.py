@@ -4,10 +4,18 @@ One graph serves the ONNX Runtime backend and (next) the TensorRT backend: opset
 batch dimension, the input named ``input`` and the outputs named as the manifest names them.
 TorchScript-based export (``dynamo=False``): the dynamo exporter needs onnxscript and gives the
 same graph for this convolutional model.
+
+Every graph written to an artifact (this export and the INT8/FP16 graphs derived from it) goes
+through :func:`prune_file`: no node whose outputs nothing reads, no initializer nothing reads.
+ONNX Runtime turns leftovers of either kind into a "Removing initializer … It is not used by any
+node" warning on every load (``quantize_static`` leaves the ``Constant`` inputs of each ReLU6 it
+folds into Q/DQ). Our sessions also keep ONNX Runtime's own log at errors unless
+``REXNET_DEPLOY_DEBUG=1`` (:func:`ort_log_level`).
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -34,6 +42,7 @@ def export(ref, path: Path, *, opset: int = OPSET, batch: tuple[int, int] = (1, 
         warnings.simplefilter("ignore")  # exporter deprecation and tracer warnings are about us
         torch.onnx.export(ref.module.eval(), (example,), str(path), input_names=["input"], output_names=names,
                           opset_version=opset, dynamic_axes=dynamic, dynamo=False)
+    prune_file(path)
     try:
         onnx.checker.check_model(onnx.load(str(path)), full_check=True)
     except onnx.checker.ValidationError as exc:
@@ -58,4 +67,59 @@ def cpu_session(path: Path):
     """An ONNX Runtime session on the CPU provider (ONNX Runtime's default graph optimizations)."""
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.log_severity_level = ort_log_level()
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def ort_log_level() -> int:
+    """``SessionOptions.log_severity_level`` for our ONNX Runtime sessions: errors only (3), or
+    ONNX Runtime's default, warnings (2), with ``REXNET_DEPLOY_DEBUG=1``. Its warnings are notes
+    about its own graph rewrites, printed to the process's stderr on every load; not the user's to act on."""
+    return 2 if os.environ.get("REXNET_DEPLOY_DEBUG") == "1" else 3
+
+
+def prune(model) -> dict[str, int]:
+    """Remove, in place, the nodes none of whose outputs is read (by a node, a subgraph or a graph
+    output) and the initializers nothing reads; returns how many of each went."""
+    graph = model.graph
+    outputs = {o.name for o in graph.output}
+    nodes = 0
+    while True:
+        read = outputs | _names_read(graph)
+        dead = [n for n in graph.node if not any(o and o in read for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            graph.node.remove(n)
+        nodes += len(dead)
+    unused = [i for i in graph.initializer if i.name not in read]
+    for i in unused:
+        graph.initializer.remove(i)
+    known = read | {o for n in graph.node for o in n.output} | {i.name for i in graph.input}
+    stale = [v for v in graph.value_info if v.name not in known]  # shapes of tensors that no longer exist
+    for v in stale:
+        graph.value_info.remove(v)
+    return {"nodes": nodes, "initializers": len(unused)}
+
+
+def prune_file(path: str | os.PathLike) -> dict[str, int]:
+    """:func:`prune` an ONNX file; rewritten only when something was removed."""
+    import onnx
+
+    model = onnx.load(str(path))
+    removed = prune(model)
+    if any(removed.values()):
+        onnx.save(model, str(path))
+    return removed
+
+
+def _names_read(graph) -> set[str]:
+    """Every tensor name a node of ``graph`` or of its subgraphs (If/Loop bodies) takes as input."""
+    names = set()
+    for node in graph.node:
+        names.update(i for i in node.input if i)
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                names |= _names_read(sub)
+    return names

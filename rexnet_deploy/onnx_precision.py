@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from .errors import BuildError, UsageError, one_line
+from .onnx_export import prune, prune_file
 
 CALIB_METHODS = ("entropy", "max")
 CACHE_HEADER = "TRT-rexnet-deploy-{method}"  # ModelOpt skips the first line, TensorRT's own header
@@ -46,6 +47,7 @@ def to_fp16(src: Path, dst: Path) -> dict[str, Any]:
     with _quiet_modelopt():
         model = convert_to_mixed_precision(str(src), low_precision_type="fp16", keep_io_types=True,
                                            providers=["cpu"])
+    prune(model)  # every graph we store is free of unread nodes and initializers (see onnx_export)
     onnx.save(model, str(dst))
     fp32_nodes = _fp32_compute_nodes(model)
     return {
@@ -94,6 +96,7 @@ def quantize_int8(src: Path, dst: Path, *, calib=None, method: str = "entropy", 
                  output_path=str(dst), log_level="CRITICAL")
     if not dst.exists():
         raise BuildError("ModelOpt wrote no quantized graph")
+    prune_file(dst)  # every graph we store is free of unread nodes and initializers (see onnx_export)
     model = onnx.load(str(dst))
     problems = trt_rule_violations(model)
     if problems:

@@ -76,6 +76,79 @@ def test_int8_graph_is_qdq_uint8_activations_per_channel_weights(ort_int8_path):
         assert m["reports"]["check"]["metrics"]["cosine_mean"] > 0.9
 
 
+def _unread(path) -> dict:
+    """What :func:`prune` would remove from the graph at ``path`` (nothing, for a clean graph)."""
+    import onnx
+
+    from rexnet_deploy.onnx_export import prune
+
+    return prune(onnx.load(str(path)))
+
+
+def test_prune_removes_exactly_what_nothing_reads(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from rexnet_deploy.onnx_export import prune_file
+
+    def const(name: str, v: float):
+        return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.float32(v)))
+
+    graph = helper.make_graph(
+        [const("lo", 0.0), const("hi", 6.0), helper.make_node("Clip", ["x", "lo", "hi"], ["y"]),
+         const("dead_lo", 0.0), helper.make_node("Neg", ["dead_lo"], ["dead_neg"])],  # a dead chain
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+        initializer=[numpy_helper.from_array(np.ones(2, np.float32), "unread"),
+                     numpy_helper.from_array(np.float32(1.0), "read_by_output")],
+        value_info=[helper.make_tensor_value_info("dead_neg", TensorProto.FLOAT, [])])
+    graph.output.append(helper.make_tensor_value_info("read_by_output", TensorProto.FLOAT, []))
+    path = tmp_path / "g.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    assert prune_file(path) == {"nodes": 2, "initializers": 1}
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    assert [n.op_type for n in model.graph.node] == ["Constant", "Constant", "Clip"]
+    assert [i.name for i in model.graph.initializer] == ["read_by_output"] and not model.graph.value_info
+    assert prune_file(path) == {"nodes": 0, "initializers": 0}
+
+
+def test_ort_engines_load_quietly_and_their_graphs_are_clean(ort_fp32_path, ort_int8_path, tmp_path, capfd,
+                                                             monkeypatch):
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    from rexnet_deploy.onnx_export import cpu_session, ort_log_level
+
+    monkeypatch.delenv("REXNET_DEPLOY_DEBUG", raising=False)
+    capfd.readouterr()
+    for path in (ort_fp32_path, ort_int8_path):
+        assert _unread(path / "model.onnx") == {"nodes": 0, "initializers": 0}, path
+        with Engine.load(path) as engine:
+            engine(_batch(2))
+        # the graph itself is clean: ONNX Runtime at its default (warning) level has nothing to say
+        options = ort.SessionOptions()
+        options.log_severity_level = 2
+        ort.InferenceSession(str(path / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    err = capfd.readouterr().err  # fd 2: ONNX Runtime's C++ logger bypasses sys.stderr
+    assert "Removing initializer" not in err and "onnxruntime" not in err, err
+
+    # a graph with an unread Constant (what quantize_static leaves behind): our sessions stay quiet
+    # unless asked, and the capture above would have seen its warning
+    model = onnx.load(str(ort_int8_path / "model.onnx"))
+    model.graph.node.append(helper.make_node("Constant", [], ["left_behind"],
+                                             value=numpy_helper.from_array(np.float32(6.0))))
+    dirty = tmp_path / "dirty.onnx"
+    onnx.save(model, str(dirty))
+    cpu_session(dirty)
+    assert "Removing initializer" not in capfd.readouterr().err
+    monkeypatch.setenv("REXNET_DEPLOY_DEBUG", "1")
+    assert ort_log_level() == 2
+    cpu_session(dirty)
+    assert "Removing initializer 'left_behind'" in capfd.readouterr().err
+
+
 def test_runtime_imports_neither_torch_nor_timm(ort_int8_path, image_dir):
     got = fresh_process_predict(ort_int8_path, next(image_dir.glob("*.jpg")))
     assert got["imported"] == [] and got["n"] == 3
@@ -159,6 +232,7 @@ def test_fp16_is_modelopts_autocast_graph_with_fp32_io(tmp_path_factory):
     io = [v.type.tensor_type.elem_type for v in [*model.graph.input, *model.graph.output]]
     assert io == [onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT]
     assert sum(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer) > 50
+    assert _unread(path / "model.onnx") == {"nodes": 0, "initializers": 0}
     with Engine.load(path) as engine:
         assert engine.manifest["backend_config"]["precision_pass"]["low_precision"] == "fp16"
         assert engine.manifest["reports"]["check"]["metrics"]["cosine_min"] >= 0.999

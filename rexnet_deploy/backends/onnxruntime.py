@@ -86,6 +86,8 @@ def _quantize(src, dst, calib) -> dict[str, Any]:
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 
+    from ..onnx_export import prune_file
+
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
             self._items = iter(calib.tensors())
@@ -103,6 +105,7 @@ def _quantize(src, dst, calib) -> dict[str, Any]:
                         calibrate_method=CalibrationMethod.MinMax)
     finally:
         root.setLevel(level)
+    prune_file(dst)  # the Constant min/max of each ReLU6 (Clip) it folded into Q/DQ stay behind, unread
     graph = onnx.load(str(dst)).graph
     return {
         "tool": "onnxruntime.quantization.quantize_static",
@@ -124,8 +127,11 @@ class OnnxRuntimeEngine(Engine):
             raise UsageError(f"onnxruntime engines run on cpu here, not {self.device}")
         import onnxruntime as ort
 
+        from ..onnx_export import ort_log_level
+
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = ort_log_level()
         if threads:
             so.intra_op_num_threads = int(threads)
         self._session = ort.InferenceSession(str(self.artifact.file(self.manifest["payload"])), so,
