@@ -131,6 +131,15 @@ class Artifact:
         self.manifest = fresh
         self.save_manifest()
 
+    def replace_file(self, name: str, src: str | os.PathLike, **manifest_updates: Any) -> None:
+        """Move ``src`` into the artifact as ``name`` (atomically), record its checksum, apply
+        ``manifest_updates`` (top-level manifest keys) and save the manifest — e.g. an engine
+        recompiled from the artifact's stored graph on another host."""
+        os.replace(src, self.file(name))
+        self.manifest.update(manifest_updates)
+        self.manifest["files"][name] = file_sha256(self.file(name))
+        self.save_manifest()
+
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     root = Path(path)

@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any
 
 from . import backends, calibration
 from .artifact import ArtifactWriter, environment
-from .engine import Engine
+from .engine import Engine, output_list
 from .errors import GateFailed, UsageError
+from .log import BuildLog, LogLike, as_build_log
 from .models import create_reference, imagenet_labels
 from .spec import BuildSpec, ModelSpec
-
-Log = Callable[[str], None]
-DEFAULT_CHECK_SIZE = 500  # held-out images an INT8 build checks on (at most)
 
 
 def build(
@@ -33,42 +32,45 @@ def build(
     backend_options: dict[str, Any] | None = None,
     check: bool = True,
     check_options: dict[str, Any] | None = None,
-    check_size: int = DEFAULT_CHECK_SIZE,
+    check_size: int = calibration.HELD_OUT_LIMIT,
     bench_batches: list[int] | None = None,
     bench_seconds: float = 2.0,
-    log: Log = lambda _m: None,
-) -> Engine | None:
+    log: LogLike = None,
+) -> Engine:
     """Build and publish an artifact at ``out``; returns the loaded Engine (closed by the caller).
 
     INT8 builds calibrate on ``calib`` (a folder or CSV; ``calib_size`` images drawn with
-    ``calib_seed``, see :mod:`rexnet_deploy.calibration`). With ``check`` (default), the engine is
-    compared with the FP32 reference before publishing (``check_options`` go to
+    ``calib_seed``, see :mod:`rexnet_deploy.calibration`). ``backend_options`` are the backend's
+    own build options (its :class:`~rexnet_deploy.backends.BackendInfo` ``options``), validated
+    once, here, before any model is built. With ``check`` (default), the engine is compared with
+    the FP32 reference before publishing (``check_options`` go to
     :func:`rexnet_deploy.harness.check.check`); without check images, an INT8 build checks on up to
     ``check_size`` held-out images of the calibration source (never calibration images). A failed
-    gate raises GateFailed and nothing is written.
+    gate raises GateFailed and nothing is written. ``log``: a :class:`~rexnet_deploy.log.BuildLog`
+    or a function taking each message.
     """
+    log = as_build_log(log)
     info = backends.get(spec.backend)
-    backends.check_precision(info, spec.precision)
-    if spec.device is None:
-        spec = dataclasses.replace(spec, device=info.default_device)
+    spec = dataclasses.replace(spec, backend=info.name, device=spec.device or info.default_device)
+    backends.check_spec(info, spec)
     check_options = dict(check_options or {})
-    calib_set = _plan_calibration(spec, calib, calib_size, calib_seed, (backend_options or {}).get("calib_cache"))
+    given = check_options.get("images")
+    if isinstance(given, (str, os.PathLike)) and not Path(given).exists():
+        raise UsageError(f"--check-images {given} does not exist")
+    replaced = [o.cli_flag for o in info.options if o.replaces_calib and (backend_options or {}).get(o.name) is not None]
+    calib_set = _plan_calibration(spec, calib, calib_size, calib_seed, replaced[0] if replaced else None)
     backend = backends.load_module(info, for_build=True)
-    if hasattr(backend, "check_options"):
-        backend.check_options(spec, backend_options or {})
-    elif backend_options:
-        raise UsageError(f"the {info.name} backend takes no build options ({', '.join(backend_options)})")
+    options = backends.validate(info, backend, spec, backend_options)  # the one validation of the options
     with ArtifactWriter(out, force=force) as writer:
         log(f"creating the {model.name} reference ({model.weights.describe()})")
         ref = create_reference(model)
         if calib_set is not None:
-            step = getattr(log, "progress", None)
-            calib_set.load(ref.data_config, progress=(lambda d, t: step("reading calibration images", d, t)) if step else None)
+            calib_set.load(ref.data_config, progress=log.progress)
             bad = f", {len(calib_set.skipped)} unreadable skipped" if calib_set.skipped else ""
             log(f"calibration set: {len(calib_set)} images from {calib_set.source}{bad}")
             overlap = _plan_check_images(calib_set, check_options, check_size, log)
         log(f"compiling for {info.name} {spec.precision}")
-        part = backend.build(ref, spec, writer, log, calib=calib_set, options=backend_options or None)
+        part = backend.build(ref, spec, writer, log, calib=calib_set, options=options)
 
         labels = None
         if model.head == "classify":
@@ -134,13 +136,14 @@ def build(
     return engine
 
 
-def _plan_calibration(spec: BuildSpec, calib, size: int, seed: int, cache=None) -> calibration.CalibrationSet | None:
-    """Pick the calibration sample before any model is built (bad input fails fast). A
-    calibration cache (TensorRT) replaces the images."""
-    if cache is not None and calib is not None:
-        raise UsageError("--calib-cache replaces --calib (the cache holds the calibrated ranges); give one of them")
+def _plan_calibration(spec: BuildSpec, calib, size: int, seed: int,
+                      replaced_by: str | None = None) -> calibration.CalibrationSet | None:
+    """Pick the calibration sample before any model is built (bad input fails fast). A backend
+    option may replace the images (``replaced_by``: TensorRT's --calib-cache)."""
+    if replaced_by is not None and calib is not None:
+        raise UsageError(f"{replaced_by} replaces --calib (the cache holds the calibrated ranges); give one of them")
     if calib is None:
-        if spec.precision == "int8" and cache is None:
+        if spec.precision == "int8" and replaced_by is None:
             raise UsageError(calibration.MISSING)
         return None
     if spec.precision != "int8":
@@ -149,7 +152,7 @@ def _plan_calibration(spec: BuildSpec, calib, size: int, seed: int, cache=None) 
 
 
 def _plan_check_images(calib_set: calibration.CalibrationSet, check_options: dict[str, Any], check_size: int,
-                       log: Log) -> int:
+                       log: BuildLog) -> int:
     """Check on held-out images of the calibration source unless check images were given; warn
     when given check images overlap the calibration images (agreement on them reads high).
     Returns how many check images are calibration images."""
@@ -176,5 +179,5 @@ def _output_specs(ref, c: int, h: int, w: int) -> list[dict[str, Any]]:
 
     with torch.inference_mode():
         out = ref.module(torch.zeros(1, c, h, w))
-    outs = list(out) if isinstance(out, (list, tuple)) else [out]
-    return [{"name": name, "dtype": "float32", "shape": [-1, *o.shape[1:]]} for name, o in zip(ref.output_names, outs)]
+    return [{"name": name, "dtype": "float32", "shape": [-1, *o.shape[1:]]}
+            for name, o in zip(ref.output_names, output_list(out))]

@@ -15,15 +15,17 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from .errors import ImageError, InputError, UsageError
 from .images import IMAGE_EXTENSIONS, find_images, load_image
+from .log import Progress
 from .preprocess import PreprocessConfig, preprocess_image
 
 DEFAULT_SIZE = 300
+HELD_OUT_LIMIT = 500  # held-out images an INT8 build (or matrix) checks on, at most
 MIN_IMAGES = 16  # below this, ranges come from too few activations to trust
 MISSING = "--int8 needs calibration images: --calib DIR (a folder of real photos, or a CSV file list)"
 
@@ -51,7 +53,7 @@ class CalibrationSet:
         return [p for p in self.candidates if p not in used]
 
     def load(self, config: PreprocessConfig, *, minimum: int = MIN_IMAGES,
-             progress: Callable[[int, int], None] | None = None) -> "CalibrationSet":
+             progress: Progress | None = None) -> "CalibrationSet":
         """Decode and preprocess ``size`` images, skipping unreadable ones (each is counted and named
         in the record) and taking the next candidates in their place."""
         self.files, self.skipped, self._tensors = [], [], []
@@ -67,7 +69,7 @@ class CalibrationSet:
             self._tensors.append(preprocess_image(img, config))
             self.files.append(path)
             if progress:
-                progress(len(self.files), want)
+                progress("reading calibration images", len(self.files), want)
         if len(self.files) < minimum:
             bad = f" ({len(self.skipped)} unreadable)" if self.skipped else ""
             raise InputError(

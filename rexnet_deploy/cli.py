@@ -1,5 +1,6 @@
-"""The ``rexnet-deploy`` command: thin — parse, call the library, print. Every error the library
-raises on purpose becomes ``error: <one line>`` and a non-zero exit (2 bad input, 1 failed gate)."""
+"""The ``rexnet-deploy`` command: a shell — parse, call one library function, print. Every error
+the library raises on purpose becomes ``error: <one line>`` and a non-zero exit (2 bad input, 1
+failed gate). The backends' build flags come from the registry's option table."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ from typing import Any, Iterator
 
 import click
 
+from .backends import BACKENDS
+from .calibration import HELD_OUT_LIMIT
 from .errors import GateFailed, RexnetDeployError, UsageError, one_line
+from .log import BuildLog
 
 DEBUG = os.environ.get("REXNET_DEPLOY_DEBUG") == "1"
 
@@ -90,16 +94,13 @@ def _write_json(path: str | None, data: dict[str, Any]) -> None:
         Path(path).expanduser().write_text(to_json(data))
 
 
-def _save_report(engine, kind: str, report: dict[str, Any]) -> None:
-    try:
-        engine.artifact.set_report(kind, report)
-    except OSError as exc:
-        _stderr().print(f"warning: could not store the {kind} report in the manifest: {exc}")
+def _warn(message: str) -> None:
+    _stderr().print(message, markup=False)
 
 
 @contextmanager
-def _progress(description: str, total: int | None, quiet: bool) -> Iterator:
-    """A rich progress bar on stderr; yields ``update(done, total)``."""
+def _progress(description: str, quiet: bool) -> Iterator:
+    """A rich progress bar on stderr; yields a :data:`rexnet_deploy.log.Progress` that drives it."""
     if quiet:
         yield lambda *_a: None
         return
@@ -107,39 +108,36 @@ def _progress(description: str, total: int | None, quiet: bool) -> Iterator:
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=_stderr(), transient=True) as bar:
-        task = bar.add_task(description, total=total)
+        task = bar.add_task(description, total=None)
 
-        def update(done: int, total: int | None = None, description: str | None = None) -> None:
-            bar.update(task, completed=done, total=total, description=description or bar.tasks[0].description)
+        def update(description: str, done: int, total: int | None) -> None:
+            bar.update(task, completed=done, total=total, description=description)
 
         yield update
 
 
-class _BuildLog:
-    """The builder's log: each message is printed and becomes the spinner's text; ``progress``
-    shows a count in the spinner; ``paused`` stops the spinner while a library (NNCF) draws its
-    own progress bars; ``quiet`` tells such libraries to stay silent."""
+class _RichLog(BuildLog):
+    """The library's BuildLog on a terminal: each message is printed and becomes the spinner's
+    text; ``progress`` shows a count in the spinner; ``paused`` stops the spinner while a library
+    (NNCF) draws its own progress bars."""
 
-    def __init__(self, console=None, status=None):
-        self.console, self.status, self.quiet = console, status, console is None
+    quiet = False
+
+    def __init__(self, console, status):
+        self.console, self.status = console, status
 
     def __call__(self, message: str) -> None:
-        if self.console is not None:
-            from rich.markup import escape
+        from rich.markup import escape
 
-            # escape: messages name pip extras like rexnet-deploy[trt], which rich would eat as markup
-            self.console.print(f"[dim]·[/dim] {escape(message)}")
-            self.status.update(escape(message))
+        # escape: messages name pip extras like rexnet-deploy[trt], which rich would eat as markup
+        self.console.print(f"[dim]·[/dim] {escape(message)}")
+        self.status.update(escape(message))
 
     def progress(self, description: str, done: int, total: int | None) -> None:
-        if self.status is not None:
-            self.status.update(f"{description} {done}/{total}" if total else f"{description} {done}")
+        self.status.update(f"{description} {done}/{total}" if total else f"{description} {done}")
 
     @contextmanager
     def paused(self) -> Iterator[None]:
-        if self.status is None:
-            yield
-            return
         self.status.stop()
         try:
             yield
@@ -148,14 +146,14 @@ class _BuildLog:
 
 
 @contextmanager
-def _status(quiet: bool) -> Iterator:
-    """A spinner on stderr whose text follows the library's log messages."""
+def _status(quiet: bool) -> Iterator[BuildLog]:
+    """A spinner on stderr whose text follows the library's log messages (quiet: the null log)."""
     if quiet:
-        yield _BuildLog()
+        yield BuildLog()
         return
     console = _stderr()
     with console.status("starting") as status:
-        yield _BuildLog(console, status)
+        yield _RichLog(console, status)
 
 
 def _engine_options(**flags: Any) -> dict[str, Any]:
@@ -169,8 +167,36 @@ def _images_arg(images: tuple[str, ...]) -> Any:
     return images[0] if len(images) == 1 else list(images)
 
 
+def _backend_build_options(command):
+    """Add each backend's build options (the registry's table) as flags; an option that several
+    backends declare is one flag (its choices: all of theirs; each backend checks its own)."""
+    merged: dict[str, list] = {}
+    for info in BACKENDS.values():
+        for option in info.options:
+            merged.setdefault(option.name, []).append((info, option))
+    types = {"str": str, "int": int, "float": float, "path": click.Path()}
+    for name, rows in reversed(merged.items()):
+        first = rows[0][1]
+        helps = []
+        for info, o in rows:
+            where = info.title + (" " + "/".join(p.upper() for p in o.precisions) if o.precisions else "")
+            shown = o.default_text or (o.default if o.default not in (None, False) else None)
+            helps.append(f"{where}: {o.help}" + (f" [{shown}]" if shown is not None else ""))
+        kwargs: dict[str, Any] = {"help": " ".join(helps), "default": None, "metavar": first.metavar}
+        if first.type == "bool":
+            if "/" not in (first.flag or ""):  # (an --a/--b pair is a flag by its spelling)
+                kwargs["is_flag"] = True
+        else:
+            choices = list(dict.fromkeys(c for _i, o in rows for c in o.choices))
+            kwargs["type"] = click.Choice(choices) if choices else types[first.type]
+        if first.multiple:
+            kwargs.update(multiple=True, default=())
+        command = click.option(first.flag or "--" + name.replace("_", "-"), name, **kwargs)(command)
+    return command
+
+
 # -- commands -------------------------------------------------------------------------------------
-@main.command()
+@main.command(name="build")
 @click.option("--model", default="rexnet_100", show_default=True, help="ReXNet family member, optionally with a timm tag (rexnet_100.nav_in1k).")
 @click.option("--head", type=click.Choice(["classify", "embed", "features"]), default="classify", show_default=True,
               help="classify: logits; embed: pooled features; features: the 5 multi-scale maps.")
@@ -191,19 +217,8 @@ def _images_arg(images: tuple[str, ...]) -> Any:
 @click.option("--calib", type=click.Path(), default=None, help="INT8: calibration images, a folder (recursive) or a CSV file list.")
 @click.option("--calib-size", type=int, default=300, show_default=True, help="INT8: calibration images to sample (seeded, stratified by class folder).")
 @click.option("--calib-seed", type=int, default=0, show_default=True, help="INT8: seed of the calibration sample.")
-@click.option("--recipe", type=click.Choice(["rexnet", "nncf"]), default=None, help="OpenVINO INT8: 'rexnet' (default: 7-bit weights on every layer, measured best here) or NNCF's plain defaults.")
-@click.option("--preset", type=click.Choice(["performance", "mixed"]), default=None, help="OpenVINO INT8: NNCF preset [performance].")
-@click.option("--subset-size", type=int, default=None, help="OpenVINO INT8: images NNCF collects statistics on [all calibration images].")
-@click.option("--fast-bias-correction/--full-bias-correction", default=None, help="OpenVINO INT8: NNCF bias correction [fast].")
-@click.option("--max-drop", type=float, default=None, help="OpenVINO INT8: accuracy control; revert layers until top-1 agreement drops at most this much (e.g. 0.01).")
-@click.option("--calib-method", type=click.Choice(["entropy", "max"]), default=None, help="TensorRT INT8: ModelOpt calibration [entropy].")
-@click.option("--exclude", multiple=True, metavar="PATTERN", help="TensorRT INT8: keep these op types (Gemm) or node-name regexes (features\\.0/) in FP32; repeatable.")
-@click.option("--calib-cache", type=click.Path(), default=None, help="TensorRT INT8: rebuild from this calibration cache (an artifact's calib.cache) instead of images.")
-@click.option("--onnx-only", is_flag=True, help="TensorRT: stop after the FP16/INT8 ONNX graph (no engine; checked on ONNX Runtime CPU).")
-@click.option("--workspace", "workspace_mib", type=int, default=None, help="TensorRT: builder workspace limit in MiB [1024].")
-@click.option("--opt-level", type=int, default=None, help="TensorRT: builder optimization level 0-5 [3].")
-@click.option("--timing-cache", type=click.Path(), default=None, help="TensorRT: timing cache file shared across builds [~/.cache/rexnet-deploy/tensorrt-timing.cache].")
-@click.option("--check-size", type=click.IntRange(min=1), default=500, show_default=True, help="INT8: held-out calibration-source images to check on (when no --check-images).")
+@_backend_build_options
+@click.option("--check-size", type=click.IntRange(min=1), default=HELD_OUT_LIMIT, show_default=True, help="INT8: held-out calibration-source images to check on (when no --check-images).")
 @click.option("--check-images", type=click.Path(), default=None, help="Images to check the build on [generated images].")
 @click.option("--labels", type=click.Path(), default=None, help="CSV file,class_index for --check-images.")
 @click.option("--synthetic", type=int, default=32, show_default=True, help="Generated images to check on when no --check-images.")
@@ -213,49 +228,37 @@ def _images_arg(images: tuple[str, ...]) -> Any:
 @click.option("--bench", "bench_batches", default=None, metavar="BATCHES", help="Also benchmark these batch sizes, e.g. 1,8.")
 @click.option("--json", "json_out", type=click.Path(), default=None, help="Write the manifest (with reports) here too.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
-def build(model, head, backend, precision, precision_flag, weights, seed, device, batch_range, test_size, out, force,
-          calib, calib_size, calib_seed, recipe, preset, subset_size, fast_bias_correction, max_drop, calib_method,
-          exclude, calib_cache, onnx_only, workspace_mib, opt_level, timing_cache, check_size,
-          check_images, labels, synthetic, skip_check, skip_bad, gate, bench_batches, json_out, quiet) -> None:
+def build_command(model, head, backend, precision, precision_flag, weights, seed, device, batch_range, test_size, out,
+                  force, calib, calib_size, calib_seed, check_size, check_images, labels, synthetic, skip_check,
+                  skip_bad, gate, bench_batches, json_out, quiet, **backend_flags) -> None:
     """Compile the model into an engine artifact, check it against the FP32 reference, publish it."""
     from . import backends
-    from .builder import build as run_build
+    from .builder import build
     from .harness.report import bench_markdown, check_markdown
     from .spec import BuildSpec, ModelSpec, WeightsSpec, parse_batch_list, parse_batch_profile
 
     if precision and precision_flag and precision != precision_flag:
         raise UsageError(f"--precision {precision} contradicts --{precision_flag}")
     precision = precision or precision_flag or "fp32"
-    info = backends.get(backend)
-    backends.check_precision(info, precision)
+    name = backends.get(backend).name
     model_spec = ModelSpec(name=model, head=head, weights=WeightsSpec.parse(weights, seed), test_size=test_size)
     lo, opt, hi = parse_batch_profile(batch_range)
-    if opt is not None and info.name != "tensorrt":
-        raise UsageError(f"--batch MIN:OPT:MAX sets a TensorRT profile; use MIN:MAX for {info.name}")
-    spec = BuildSpec(backend=info.name, precision=precision, device=device or info.default_device, batch=(lo, hi),
-                     batch_opt=opt)
+    spec = BuildSpec(backend=name, precision=precision, device=device, batch=(lo, hi), batch_opt=opt)
     batches = parse_batch_list(bench_batches) if bench_batches else None
-    if check_images and not Path(check_images).exists():
-        raise UsageError(f"--check-images {check_images} does not exist")
-    out = out or f"engines/{model.replace('.', '_')}-{info.name}-{precision}"
+    out = out or f"engines/{model.replace('.', '_')}-{name}-{precision}"
     if model_spec.weights.source == "random" and not quiet:
         _stderr().print(f"warning: random weights (seed {seed}): this engine is for testing, not for production")
     check_options = {"images": check_images, "labels": labels, "synthetic": synthetic, "skip_bad": skip_bad,
                      "gate": _parse_gate(gate)}
-    backend_options = {k: v for k, v in {"recipe": recipe, "preset": preset, "subset_size": subset_size,
-                                         "fast_bias_correction": fast_bias_correction, "max_drop": max_drop,
-                                         "calib_method": calib_method, "exclude": exclude or None,
-                                         "calib_cache": calib_cache, "onnx_only": onnx_only or None,
-                                         "workspace_mib": workspace_mib, "opt_level": opt_level,
-                                         "timing_cache": timing_cache}.items()
-                       if v is not None}
+    # flags not given are None (repeatables: empty); the backend's validate fills in its defaults
+    backend_options = {k: v for k, v in backend_flags.items() if v is not None and v != ()}
     with _status(quiet) as log:
-        engine = run_build(model_spec, spec, out, force=force, calib=calib, calib_size=calib_size, calib_seed=calib_seed,
-                           backend_options=backend_options, check=not skip_check, check_options=check_options,
-                           check_size=check_size, bench_batches=batches, log=log)
+        engine = build(model_spec, spec, out, force=force, calib=calib, calib_size=calib_size, calib_seed=calib_seed,
+                       backend_options=backend_options, check=not skip_check, check_options=check_options,
+                       check_size=check_size, bench_batches=batches, log=log)
     with engine:
         reports = engine.manifest.get("reports", {})
-        click.echo(f"built {engine.artifact.path} ({info.name} {precision}, {model})")
+        click.echo(f"built {engine.artifact.path} ({engine.backend} {precision}, {model})")
         if reports.get("check"):
             click.echo("\n" + check_markdown(reports["check"]))
         if reports.get("bench"):
@@ -263,7 +266,7 @@ def build(model, head, backend, precision, precision_flag, weights, seed, device
         _write_json(json_out, engine.manifest)
 
 
-@main.command()
+@main.command(name="check")
 @click.argument("engine_path", metavar="ENGINE", type=click.Path())
 @click.option("--images", multiple=True, type=click.Path(), help="A folder (recursive) or image files; repeatable [generated images].")
 @click.option("--labels", type=click.Path(), default=None, help="CSV with file,class_index columns (or use wnid-named subfolders; DIR/labels.csv is found by itself).")
@@ -277,25 +280,23 @@ def build(model, head, backend, precision, precision_flag, weights, seed, device
 @click.option("--emulate", is_flag=True, help="TensorRT artifacts: run the engine's ONNX graph on ONNX Runtime CPU instead of the engine.")
 @click.option("--rebuild-engine", is_flag=True, help="TensorRT artifacts: compile the stored graph for this host's GPU first.")
 @click.option("-q", "--quiet", is_flag=True)
-def check(engine_path, images, labels, synthetic, limit, weights, gate, skip_bad, json_out, no_save, emulate,
-          rebuild_engine, quiet) -> None:
+def check_command(engine_path, images, labels, synthetic, limit, weights, gate, skip_bad, json_out, no_save, emulate,
+                  rebuild_engine, quiet) -> None:
     """Compare an engine with the FP32 reference on the same images; exit 1 if the gate fails."""
-    from .engine import Engine
-    from .harness.check import check as run_check, raise_for_gate
+    from .harness.check import check_artifact, raise_for_gate
     from .harness.report import check_markdown
 
-    with Engine.load(engine_path, **_engine_options(emulate=emulate, rebuild_engine=rebuild_engine)) as engine, \
-            _progress("checking", None, quiet) as update:
-        report = run_check(engine, images=_images_arg(images), labels=labels, synthetic=synthetic, limit=limit,
-                           weights=weights, gate=_parse_gate(gate), skip_bad=skip_bad, progress=update)
-        if not no_save:
-            _save_report(engine, "check", report)
+    with _progress("checking", quiet) as update:
+        report = check_artifact(engine_path, engine_options=_engine_options(emulate=emulate, rebuild_engine=rebuild_engine),
+                                save_report=not no_save, warn=_warn, images=_images_arg(images), labels=labels,
+                                synthetic=synthetic, limit=limit, weights=weights, gate=_parse_gate(gate),
+                                skip_bad=skip_bad, progress=update)
     _write_json(json_out, report)
     click.echo(check_markdown(report))
     raise_for_gate(report)
 
 
-@main.command()
+@main.command(name="bench")
 @click.argument("engine_path", metavar="ENGINE", type=click.Path())
 @click.option("--batch", "batches", default="1,8,32", show_default=True, help="Comma-separated batch sizes.")
 @click.option("--seconds", type=float, default=2.0, show_default=True, help="Timed seconds per batch size, per model.")
@@ -313,96 +314,61 @@ def check(engine_path, images, labels, synthetic, limit, weights, gate, skip_bad
 @click.option("--rebuild-engine", is_flag=True, help="TensorRT artifacts: compile the stored graph for this host's GPU first.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Engine threads (openvino, onnxruntime) [all cores].")
 @click.option("-q", "--quiet", is_flag=True)
-def bench(engine_path, batches, seconds, warmup, repeat, no_reference, weights, images_dir, plot_path, baseline,
-          max_regression, save_baseline, json_out, no_save, rebuild_engine, threads, quiet) -> None:
+def bench_command(engine_path, batches, seconds, warmup, repeat, no_reference, weights, images_dir, plot_path, baseline,
+                  max_regression, save_baseline, json_out, no_save, rebuild_engine, threads, quiet) -> None:
     """Latency (p50/p90/p99) and throughput per batch, engine and FP32 eager reference in one run;
     optionally end to end from image files, a chart, and a regression gate against a baseline."""
-    from .engine import Engine
     from .harness import baseline as gate
-    from .harness.bench import bench as run_bench
+    from .harness.bench_gate import bench_with_gate
     from .harness.report import bench_markdown
     from .spec import parse_batch_list
 
     sizes = parse_batch_list(batches)
-    if seconds <= 0:
-        raise UsageError("--seconds must be positive")
-    gating = baseline or save_baseline
-    if gating and no_reference:
-        raise UsageError("--baseline/--save-baseline compare speedups against the reference: drop --no-reference")
-    # a bad baseline fails before minutes of timing; one without this CPU class's entry warns, gates nothing
-    base = gate.load_for_host(baseline, warn=lambda m: click.echo(m, err=True)) if baseline else None
-    if images_dir is not None and not Path(images_dir).exists():
-        raise UsageError(f"--images {images_dir} does not exist")
-    gate.check_max_regression(max_regression)
-    repeat = repeat or (3 if gating else 1)
-    with Engine.load(engine_path, **_engine_options(rebuild_engine=rebuild_engine, threads=threads)) as engine, \
-            _progress("benchmarking", None, quiet) as update:
-        if base is not None:  # the engine/batches must be in the baseline before anything is timed
-            gate.check_fits(base, engine.manifest["model"]["name"], f"{engine.backend}/{engine.precision}", sizes,
-                            source=f"baseline {baseline}")
-        runs = [run_bench(engine, batches=sizes, reference=not no_reference, weights=weights, seconds=seconds,
-                          warmup=warmup, progress=update) for _ in range(repeat)]
-        report = runs[0]
-        if repeat > 1:
-            report["speedup_runs"] = [r["speedup"] for r in runs]
-            report["speedup"] = gate.median_speedups(runs)
-            report["settings"]["repeat"] = repeat
-        if images_dir is not None:
-            from .harness.e2e import end_to_end
-
-            report["end_to_end"] = end_to_end(engine, images_dir, batches=sizes, progress=update)
-        result = None
-        if gating:
-            current = gate.entry(runs, engine.manifest.get("reports", {}).get("check"))
-            key, model = f"{engine.backend}/{engine.precision}", engine.manifest["model"]["name"]
-            if base is not None:
-                result = gate.compare(base, model, key, current, max_regression=max_regression,
-                                      source=f"baseline {baseline}")
-                report["gate"] = result
-            if save_baseline:
-                gate.save(save_baseline, model, {key: current}, report["host"])
-        if not no_save:
-            _save_report(engine, "bench", report)
+    with _progress("benchmarking", quiet) as update:
+        report = bench_with_gate(engine_path, batches=sizes, seconds=seconds, warmup=warmup, repeat=repeat,
+                                 reference=not no_reference, weights=weights, images=images_dir, baseline=baseline,
+                                 max_regression=max_regression, save_baseline=save_baseline, save_report=not no_save,
+                                 engine_options=_engine_options(rebuild_engine=rebuild_engine, threads=threads),
+                                 progress=update, warn=lambda m: click.echo(m, err=True))
     _write_json(json_out, report)
     if plot_path:
         from .harness.plot import plot_bench
 
         plot_bench([report], plot_path)
     click.echo(bench_markdown(report))
+    result = report.get("gate")
     if result is not None:
         click.echo("\n" + gate.markdown(result))
         if not result["passed"]:
             raise GateFailed("regression gate failed: " + "; ".join(result["failures"]))
 
 
-@main.command()
+@main.command(name="predict")
 @click.argument("engine_path", metavar="ENGINE", type=click.Path())
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--topk", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable images instead of failing.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--rebuild-engine", is_flag=True, help="TensorRT artifacts: compile the stored graph for this host's GPU first.")
-def predict(engine_path, images, topk, skip_bad, as_json, rebuild_engine) -> None:
+def predict_command(engine_path, images, topk, skip_bad, as_json, rebuild_engine) -> None:
     """Top-k ImageNet labels for image files (a folder stands for the images below it)."""
     from .engine import Engine
-    from .images import expand_paths, load_images
 
     with Engine.load(engine_path, **_engine_options(rebuild_engine=rebuild_engine)) as engine:
-        loaded = load_images(expand_paths(images), skip_bad=skip_bad)
-        predictions = engine.predict(loaded.images, topk=topk)
-    results = [{"image": name, "top": [p.to_dict() for p in preds]} for name, preds in zip(loaded.names, predictions)]
+        found = engine.predict_files(images, topk=topk, skip_bad=skip_bad)
+    results = [{"image": name, "top": [p.to_dict() for p in preds]} for name, preds in zip(found.names, found.predictions)]
     if as_json:
-        click.echo(json.dumps({"results": results, "skipped": [{"file": f, "reason": r} for f, r in loaded.skipped]}, indent=2))
+        click.echo(json.dumps({"results": results, "skipped": [{"file": f, "reason": r} for f, r in found.skipped]}, indent=2))
         return
     for r in results:
         click.echo(r["image"])
         for p in r["top"]:
             click.echo(f"  {p['score']:7.2%}  {p['index']:4d}  {p['label']}")
-    for f, why in loaded.skipped:
+    for f, why in found.skipped:
         click.echo(f"skipped {f}: {why}", err=True)
 
 
-@main.command()
+@main.command(name="matrix")
 @click.option("--model", default="rexnet_100", show_default=True, help="ReXNet family member.")
 @click.option("--weights", default="pretrained", show_default=True, help="pretrained, a weights file, or random (with --seed).")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -415,61 +381,55 @@ def predict(engine_path, images, topk, skip_bad, as_json, rebuild_engine) -> Non
 @click.option("--only", multiple=True, metavar="BACKEND[/PRECISION]", help="Restrict to these engines (repeatable).")
 @click.option("--out", type=click.Path(), default="runs/matrix", show_default=True, help="Folder for the engines, matrix.json/.md/.png.")
 @click.option("-q", "--quiet", is_flag=True)
-def matrix(model, weights, seed, calib, calib_size, images, labels, batches, seconds, only, out, quiet) -> None:
+def matrix_command(model, weights, seed, calib, calib_size, images, labels, batches, seconds, only, out, quiet) -> None:
     """Build, check and benchmark every backend × precision this host can run; one table, JSON and a chart."""
-    from .matrix import run
+    from .matrix import markdown, run
     from .spec import ModelSpec, WeightsSpec, parse_batch_list
 
     sizes = parse_batch_list(batches)
-    for path, flag in ((calib, "--calib"), (images, "--images"), (labels, "--labels")):
-        if path is not None and not Path(path).exists():
-            raise UsageError(f"{flag} {path} does not exist")
-    spec = ModelSpec(name=model, weights=WeightsSpec.parse(weights, seed))
+    model_spec = ModelSpec(name=model, weights=WeightsSpec.parse(weights, seed))
     with _status(quiet) as log:
-        result = run(spec, out, calib=calib, calib_size=calib_size, images=images, labels=labels,
+        result = run(model_spec, out, calib=calib, calib_size=calib_size, images=images, labels=labels,
                      batches=tuple(sizes), seconds=seconds, only=list(only) or None, log=log)
-    from .matrix import markdown
-
     click.echo(markdown(result))
     click.echo(f"\nwrote {Path(out) / 'matrix.json'}, {Path(out) / 'matrix.md'}"
                + (f", {result['chart']}" if result.get("chart") else ""))
 
 
-@main.command()
+@main.command(name="sensitivity")
 @click.argument("target", metavar="ENGINE_OR_MODEL")
 @click.option("--calib", type=click.Path(), required=True, help="Calibration images (folder or CSV); the held-out rest measures.")
 @click.option("--weights", default="pretrained", show_default=True, help="For a model name: pretrained, a weights file, or random.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for --weights random.")
 @click.option("--calib-size", type=int, default=300, show_default=True, help="Calibration images to sample.")
 @click.option("--calib-seed", type=int, default=0, show_default=True)
-@click.option("--calib-method", type=click.Choice(["entropy", "max"]), default="entropy", show_default=True)
+@click.option("--calib-method", type=click.Choice(BACKENDS["tensorrt"].option("calib_method").choices), default="entropy",
+              show_default=True)
 @click.option("--images", "n_images", type=int, default=100, show_default=True, help="Held-out images to measure on.")
 @click.option("--max-drop", type=float, default=0.01, show_default=True, help="Top-1 agreement the INT8 graph may lose.")
 @click.option("--json", "json_out", type=click.Path(), default=None, help="Write the report as JSON.")
 @click.option("--exclude-out", type=click.Path(), default=None, help="Write the --exclude patterns here, one per line.")
 @click.option("-q", "--quiet", is_flag=True)
-def sensitivity(target, calib, weights, seed, calib_size, calib_seed, calib_method, n_images, max_drop, json_out,
-                exclude_out, quiet) -> None:
+def sensitivity_command(target, calib, weights, seed, calib_size, calib_seed, calib_method, n_images, max_drop,
+                        json_out, exclude_out, quiet) -> None:
     """Rank ReXNet's layer groups by the INT8 agreement each costs (ONNX Runtime CPU) and give the
     TensorRT --exclude list that meets --max-drop."""
-    from . import backends
     from .sensitivity import analyze, markdown
 
-    backends.load_module(backends.get("tensorrt"), for_build=True)  # ModelOpt/onnx missing: one line naming the extra
     with _status(quiet) as log:
         report = analyze(target, calib=calib, weights=weights, seed=seed, calib_size=calib_size, calib_seed=calib_seed,
-                         method=calib_method, images=n_images, max_drop=max_drop, log=log, progress=log.progress)
+                         method=calib_method, images=n_images, max_drop=max_drop, log=log)
     _write_json(json_out, report)
     if exclude_out:
         Path(exclude_out).write_text("".join(p + "\n" for p in report["exclude"]))
     click.echo(markdown(report))
 
 
-@main.command()
+@main.command(name="info")
 @click.argument("engine_path", metavar="ENGINE", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @click.option("--no-verify", is_flag=True, help="Skip the payload checksum verification.")
-def info(engine_path, as_json, no_verify) -> None:
+def info_command(engine_path, as_json, no_verify) -> None:
     """Describe an artifact (and verify its checksums)."""
     from .artifact import load_artifact, to_json
     from .harness.report import info_markdown
@@ -483,21 +443,16 @@ def info(engine_path, as_json, no_verify) -> None:
 
 
 @main.command(name="backends")
-def list_backends() -> None:
+def backends_command() -> None:
     """List backends, their precisions, and whether they are installed here."""
-    from . import backends as registry
+    from .backends import host_state
 
-    for info in registry.BACKENDS.values():
-        state = "ready" if info.available(for_build=True) else (
-            "runtime only" if info.available() else f"not installed (pip install 'rexnet-deploy[{info.extra}]')")
-        if state == "ready":  # a backend may need more than its libraries (TensorRT: a GPU host)
-            problem = getattr(registry.load_module(info, for_build=True), "host_problem", lambda: None)()
-            state = f"graphs only ({problem})" if problem else state
-        click.echo(f"{info.name:12s} {','.join(info.precisions):20s} {state:12s} {info.summary}")
+    for info in BACKENDS.values():
+        click.echo(f"{info.name:12s} {','.join(info.precisions):20s} {host_state(info):12s} {info.summary}")
 
 
 @main.command(name="models")
-def list_models() -> None:
+def models_command() -> None:
     """List the ReXNet family members and pretrained tags timm knows."""
     from .models import family
 

@@ -16,7 +16,7 @@ import numpy as np
 from . import backends
 from .artifact import Artifact, load_artifact
 from .errors import ArtifactError, InputError, RexnetDeployError, UsageError, one_line
-from .images import load_images
+from .images import LoadedImages, expand_paths, load_images
 from .preprocess import PreprocessConfig, preprocess_batch
 
 
@@ -32,6 +32,15 @@ class Prediction:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class PredictedFiles:
+    """``Engine.predict_files``: the top-k of each readable file, and the files skipped."""
+
+    names: list[str]
+    predictions: list[list[Prediction]]
+    skipped: list[tuple[str, str]]  # (file, why)
+
+
 class Engine:
     """Base of the backend runtimes. Subclasses implement ``_setup`` and ``_infer``."""
 
@@ -39,10 +48,10 @@ class Engine:
 
     def __init__(self, artifact: Artifact, *, device: str | None = None, **options: Any):
         self.artifact = artifact
-        spec = artifact.manifest["input"]
-        self.input_name: str = spec["name"]
-        self.input_shape: tuple[int, ...] = tuple(spec["shape"])  # -1 for the batch dimension
-        self.batch_range: tuple[int, int] = tuple(spec["batch"])
+        inp = artifact.manifest["input"]
+        self.input_name: str = inp["name"]
+        self.input_shape: tuple[int, ...] = tuple(inp["shape"])  # -1 for the batch dimension
+        self.batch_range: tuple[int, int] = tuple(inp["batch"])
         self.output_names: list[str] = [o["name"] for o in artifact.manifest["outputs"]]
         self.device = device or artifact.manifest.get("device", "cpu")
         self._labels: list[str] | None = None
@@ -168,12 +177,25 @@ class Engine:
 
     def predict(self, images: Any, topk: int = 5, *, skip_bad: bool = False) -> list[list[Prediction]]:
         """Top-k classes per image (paths, PIL images or uint8 arrays; one or a list)."""
+        self._check_predict(topk)
+        return self._predict(load_images(_as_list(images), skip_bad=skip_bad), topk)
+
+    def predict_files(self, paths: Iterable[str | os.PathLike], topk: int = 5, *,
+                      skip_bad: bool = False) -> PredictedFiles:
+        """Top-k classes per image file (a folder stands for the images below it), each decoded
+        once; with ``skip_bad`` unreadable files are skipped and returned with the reason."""
+        self._check_predict(topk)
+        loaded = load_images(expand_paths(paths), skip_bad=skip_bad)
+        return PredictedFiles(loaded.names, self._predict(loaded, topk), loaded.skipped)
+
+    def _check_predict(self, topk: int) -> None:
         if self.head != "classify":
             raise UsageError(f"predict needs a classify engine; this one has the {self.head!r} head: call engine(batch)")
         if topk < 1:
             raise UsageError(f"topk must be >= 1, got {topk}")
-        batch = self.preprocess(images, skip_bad=skip_bad)
-        logits = self.infer(batch)[0]
+
+    def _predict(self, loaded: LoadedImages, topk: int) -> list[list[Prediction]]:
+        logits = self.infer(preprocess_batch(loaded.images, self._preprocess))[0]
         return topk_predictions(logits, topk, self.labels)
 
     def close(self) -> None:
@@ -203,6 +225,11 @@ def _as_list(images: Any) -> Sequence:
     raise InputError(f"cannot use a {type(images).__name__} as images")
 
 
+def output_list(out: Any) -> list:
+    """A model call's result as a list of outputs (one tensor, or a tuple/list of them)."""
+    return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
     e = np.exp(z)
@@ -219,4 +246,4 @@ def topk_predictions(logits: np.ndarray, topk: int, labels: list[str] | None) ->
     ]
 
 
-__all__ = ["Engine", "Prediction", "softmax", "topk_predictions"]
+__all__ = ["Engine", "PredictedFiles", "Prediction", "output_list", "softmax", "topk_predictions"]

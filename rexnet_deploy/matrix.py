@@ -10,62 +10,51 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from . import backends
-from .errors import RexnetDeployError
+from .errors import RexnetDeployError, UsageError
+from .log import LogLike, as_build_log
 from .spec import BuildSpec, ModelSpec
 
 CANDIDATES = [("torchscript", "fp32"), ("torchscript", "fp16"), ("openvino", "fp32"), ("openvino", "fp16"),
               ("openvino", "bf16"), ("openvino", "int8"), ("onnxruntime", "fp32"), ("onnxruntime", "fp16"),
               ("onnxruntime", "int8"), ("tensorrt", "fp16"), ("tensorrt", "int8")]
-Log = Callable[[str], None]
 
 
 def skip_reason(backend: str, precision: str, *, calib: str | None) -> str | None:
     """Why ``backend/precision`` cannot be built and measured on this host, or None."""
     info = backends.get(backend)
-    if not info.available(for_build=True):
-        return f"not installed (pip install 'rexnet-deploy[{info.extra}]')"
+    missing = backends.not_installed(info)
+    if missing:
+        return missing
     if precision == "int8" and calib is None:
         return "INT8 needs --calib"
-    if backend == "tensorrt":
-        from .backends import _trt
-
-        problem = _trt.host_problem()
-        if problem:
-            return f"needs a TensorRT GPU host ({problem}); `build --backend trt` still writes and checks its graph"
-    if backend == "torchscript" and precision == "fp16":
-        import torch
-
-        if not torch.cuda.is_available():
-            return "FP16 TorchScript runs on CUDA; no CUDA GPU here"
-    if backend == "openvino" and precision == "bf16":
-        import openvino as ov
-
-        if "BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
-            return "this CPU has no bf16 arithmetic (OpenVINO would run it in f32)"
-    return None
+    return backends.host_reason(info, precision)
 
 
 def run(model: ModelSpec, out: str | os.PathLike, *, calib: str | None = None, calib_size: int = 300,
         images: str | None = None, labels: str | None = None, batches: tuple[int, ...] = (1, 8, 32),
-        seconds: float = 2.0, only: list[str] | None = None, log: Log = lambda _m: None) -> dict[str, Any]:
+        seconds: float = 2.0, only: list[str] | None = None, log: LogLike = None) -> dict[str, Any]:
     """Build, check and bench every candidate into ``out``/engines; write matrix.json/.md/.png."""
     from .artifact import to_json
     from .builder import build
 
+    log = as_build_log(log)
+    for path, flag in ((calib, "--calib"), (images, "--images"), (labels, "--labels")):
+        if path is not None and not Path(path).exists():
+            raise UsageError(f"{flag} {path} does not exist")
     out = Path(out)
     rows, reports, started = [], [], time.perf_counter()
     check: dict[str, Any] = {"images": images, "labels": labels} if images else {}
     if not images and calib:
         # every engine on the same real photos: the calibration source's held-out rest (with its labels)
-        from .calibration import select
+        from .calibration import HELD_OUT_LIMIT, select
 
         plan = select(calib, calib_size)
         held = plan.candidates[calib_size:]
         if held:
-            check = {"images": held[:500], "labels": labels or plan.labels_csv}
+            check = {"images": held[:HELD_OUT_LIMIT], "labels": labels or plan.labels_csv}
     candidates = [c for c in CANDIDATES if not only or f"{c[0]}/{c[1]}" in only or c[0] in only]
     for backend, precision in candidates:
         key = f"{backend}/{precision}"
@@ -81,7 +70,7 @@ def run(model: ModelSpec, out: str | os.PathLike, *, calib: str | None = None, c
                            out / "engines" / f"{backend}-{precision}", force=True,
                            calib=calib if precision == "int8" else None, calib_size=calib_size,
                            check_options=dict(check), bench_batches=list(batches), bench_seconds=seconds,
-                           log=lambda m, k=key: log(f"{k}: {m}"))
+                           log=log.prefixed(key))
         except RexnetDeployError as exc:  # one engine failing (e.g. its gate) does not stop the matrix
             log(f"{key}: failed: {exc}")
             rows.append({"engine": key, "failed": str(exc), "build_seconds": round(time.perf_counter() - t, 1)})

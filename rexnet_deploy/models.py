@@ -12,10 +12,13 @@ import pickle
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 from urllib.parse import urlparse
 
+import numpy as np
+
 from .artifact import file_sha256
+from .engine import output_list
 from .errors import BackendUnavailable, UsageError, WeightsError, one_line
 from .preprocess import PreprocessConfig
 from .spec import HEADS, ModelSpec
@@ -58,7 +61,7 @@ def validate_model_name(name: str) -> str:
 class ReferenceModel:
     """An FP32 eager module for one ModelSpec, with what the manifest needs to record about it."""
 
-    spec: ModelSpec
+    model_spec: ModelSpec
     module: "torch.nn.Module"
     data_config: PreprocessConfig
     weights_record: dict[str, Any]
@@ -67,15 +70,36 @@ class ReferenceModel:
 
     @property
     def output_names(self) -> list[str]:
-        return output_names(self.spec.head)
+        return output_names(self.model_spec.head)
+
+    def probes(self, batch: tuple[int, int], *,
+               eager: Callable[[np.ndarray], list[np.ndarray]] | None = None
+               ) -> Iterator[tuple[int, np.ndarray, list[np.ndarray]]]:
+        """What every backend proves its payload on before it is written into an artifact:
+        ``(n, x, want)`` for seeded float32 NCHW inputs ``x`` at two batch sizes of ``batch`` (its
+        smallest, and 3 or its largest: a dynamic batch dimension must really be dynamic), with
+        the eager outputs ``want`` (``eager``: the module as the payload runs it, e.g. in FP16 on
+        CUDA; default this FP32 module on CPU)."""
+        import torch
+
+        c, h, w = self.data_config.input_size
+        lo, hi = batch
+        for n in sorted({lo, min(hi, 3)}):
+            x = torch.randn(n, c, h, w, generator=torch.Generator().manual_seed(n)).numpy()
+            if eager is None:
+                with torch.inference_mode():
+                    want = [o.numpy() for o in output_list(self.module(torch.from_numpy(x)))]
+            else:
+                want = eager(x)
+            yield n, x, want
 
 
 def output_names(head: str) -> list[str]:
     return {"classify": ["logits"], "embed": ["embedding"]}.get(head, [f"feature{i}" for i in range(5)])
 
 
-def create_reference(spec: ModelSpec, *, weights_override: str | os.PathLike | None = None) -> ReferenceModel:
-    """Build the FP32 reference module of ``spec`` (eval mode, on CPU).
+def create_reference(model_spec: ModelSpec, *, weights_override: str | os.PathLike | None = None) -> ReferenceModel:
+    """Build the FP32 reference module of ``model_spec`` (eval mode, on CPU).
 
     The classify network is created and its weights loaded first, whatever the head: the state
     dict hash is then the same for every head, and ``embed``/``features`` derive from it.
@@ -83,19 +107,19 @@ def create_reference(spec: ModelSpec, *, weights_override: str | os.PathLike | N
     timm = _timm()
     import torch
 
-    validate_model_name(spec.name)
-    if spec.head not in HEADS:
-        raise UsageError(f"unknown head {spec.head!r} (one of {', '.join(HEADS)})")
-    weights = spec.weights
+    validate_model_name(model_spec.name)
+    if model_spec.head not in HEADS:
+        raise UsageError(f"unknown head {model_spec.head!r} (one of {', '.join(HEADS)})")
+    weights = model_spec.weights
     source_path = weights_override or weights.path
 
     if weights.source == "random":
         torch.manual_seed(weights.seed)
-        model = timm.create_model(spec.name, pretrained=False)
+        model = timm.create_model(model_spec.name, pretrained=False)
         record = {"source": "random", "seed": weights.seed, "production": False,
                   "note": "randomly initialised: not for production"}
     elif weights.source == "file":
-        model = timm.create_model(spec.name, pretrained=False)
+        model = timm.create_model(model_spec.name, pretrained=False)
         file_sha = load_weights_file(model, Path(source_path))
         if weights.sha256 and file_sha != weights.sha256:
             raise WeightsError(
@@ -103,7 +127,7 @@ def create_reference(spec: ModelSpec, *, weights_override: str | os.PathLike | N
             )
         record = {"source": "file", "path": str(Path(source_path).resolve()), "sha256": file_sha, "production": True}
     elif weights.source == "pretrained":
-        model, record = _create_pretrained(spec.name)
+        model, record = _create_pretrained(model_spec.name)
     else:  # pragma: no cover - WeightsSpec validates this
         raise UsageError(f"unknown weights source {weights.source!r}")
 
@@ -111,24 +135,24 @@ def create_reference(spec: ModelSpec, *, weights_override: str | os.PathLike | N
     record["state_sha256"] = state_dict_sha256(model)
     if weights.state_sha256 and record["state_sha256"] != weights.state_sha256:
         raise WeightsError(
-            f"rebuilt {spec.name} weights ({weights.describe()}) differ from the artifact's "
+            f"rebuilt {model_spec.name} weights ({weights.describe()}) differ from the artifact's "
             f"(state sha256 {record['state_sha256'][:12]}… vs {weights.state_sha256[:12]}…); "
             "the reference cannot be reproduced here (other torch/timm version?)"
         )
     data_config = PreprocessConfig.from_data_config(
-        timm.data.resolve_model_data_config(model, use_test_size=spec.test_size)
+        timm.data.resolve_model_data_config(model, use_test_size=model_spec.test_size)
     )
     subset = timm.data.infer_imagenet_subset(model)
     num_classes = model.num_classes
 
-    if spec.head == "embed":
+    if model_spec.head == "embed":
         model.reset_classifier(0)
-    elif spec.head == "features":
+    elif model_spec.head == "features":
         from timm.models import FeatureListNet
 
         model = FeatureListNet(model, out_indices=(0, 1, 2, 3, 4), flatten_sequential=True)
     model.eval()
-    return ReferenceModel(spec, model, data_config, record, num_classes, subset)
+    return ReferenceModel(model_spec, model, data_config, record, num_classes, subset)
 
 
 def load_weights_file(model: "torch.nn.Module", path: Path) -> str:

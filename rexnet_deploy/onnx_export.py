@@ -49,13 +49,8 @@ def export(ref, path: Path, *, opset: int = OPSET, batch: tuple[int, int] = (1, 
         raise BuildError(f"the exported ONNX graph is invalid: {one_line(exc)}") from None
     worst = 0.0
     session = cpu_session(path)
-    lo, hi = batch
-    for n in sorted({lo, min(hi, 3)}):
-        x = torch.randn(n, c, h, w, generator=torch.Generator().manual_seed(n))
-        with torch.inference_mode():
-            want = ref.module(x)
-        want = [t.numpy() for t in (want if isinstance(want, (list, tuple)) else [want])]
-        got = session.run(names, {"input": x.numpy()})
+    for _n, x, want in ref.probes(batch):
+        got = session.run(names, {"input": x})
         for g, e in zip(got, want):
             worst = max(worst, float(np.abs(g - e).max()))
     if worst > MAX_ABS_ERROR:

@@ -19,8 +19,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from .harness.metrics import cosine_rows
-
-Progress = Callable[[str, int, int], None]
+from .log import LogLike, Progress, as_build_log
 _GROUP = re.compile(r"^/(stem|head|features/features\.\d+)/")
 QDQ = ("QuantizeLinear", "DequantizeLinear")
 
@@ -195,19 +194,23 @@ def held_out_images(calib_set, config, limit: int) -> np.ndarray:
 
 def analyze(target: str, *, calib: str, weights: str = "pretrained", seed: int = 0, calib_size: int = 300,
             calib_seed: int = 0, method: str = "entropy", images: int = 100, max_drop: float = 0.01,
-            log: Callable[[str], None] = lambda _m: None, progress: Progress | None = None) -> dict[str, Any]:
+            log: LogLike = None) -> dict[str, Any]:
     """The sweep for ``target``: an artifact folder (its model and weights; a TensorRT INT8
-    artifact's own Q/DQ graph is used as it is) or a model name with ``weights``."""
+    artifact's own Q/DQ graph is used as it is) or a model name with ``weights``. ``log``: a
+    :class:`~rexnet_deploy.log.BuildLog` (messages and the sweep's progress) or a function."""
     import tempfile
 
     import onnx
 
-    from . import calibration, onnx_export, onnx_precision
+    from . import backends, calibration, modelopt_passes, onnx_export
     from .artifact import MANIFEST, read_manifest
     from .errors import UsageError
     from .models import create_reference
     from .spec import ModelSpec, WeightsSpec
 
+    log = as_build_log(log)
+    # the TensorRT backend's graph tools (ModelOpt, onnx): missing, one line naming the extra
+    backends.load_module(backends.get("tensorrt"), for_build=True)
     if not 0 <= max_drop < 1:
         raise UsageError(f"--max-drop must be in [0, 1), got {max_drop}")
     if images < 1:
@@ -242,12 +245,12 @@ def analyze(target: str, *, calib: str, weights: str = "pretrained", seed: int =
         if not from_artifact:
             log(f"calibrating INT8 Q/DQ (ModelOpt, {method}) on {len(calib_set)} images")
             qdq_source = Path(tmp) / "int8.onnx"
-            onnx_precision.quantize_int8(fp32, qdq_source, calib=calib_set, method=method, warn=log)
+            modelopt_passes.quantize_int8(fp32, qdq_source, calib=calib_set, method=method, warn=log)
         else:
             log(f"using the artifact's Q/DQ graph {qdq_source}")
         held = held_out_images(calib_set, ref.data_config, images)
         log(f"measuring on {len(held)} held-out images of {calib_set.source}")
-        report = sweep(onnx.load(str(fp32)), onnx.load(str(qdq_source)), held, max_drop=max_drop, progress=progress)
+        report = sweep(onnx.load(str(fp32)), onnx.load(str(qdq_source)), held, max_drop=max_drop, progress=log.progress)
     report["model"] = model.name
     report["calibration"] = {"source": str(calib_set.source), "method": method,
                              "graph": "the artifact's" if from_artifact else "calibrated here"}

@@ -83,6 +83,22 @@ def test_predict_paths_pil_and_arrays_agree(engine, image_dir):
     assert [p.index for p in engine.predict(arr, topk=3)[0]] == [p.index for p in by_path[0]]
 
 
+def test_predict_files_decodes_each_file_once_and_lists_the_skipped(engine, image_dir, tmp_path, monkeypatch):
+    from rexnet_deploy import images
+
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a picture")
+    decoded: list[str] = []
+    original = images.load_image
+    monkeypatch.setattr(images, "load_image", lambda p: decoded.append(str(p)) or original(p))
+    files = sorted(image_dir.iterdir())
+    found = engine.predict_files([image_dir, bad], topk=2, skip_bad=True)
+    assert found.names == [str(p) for p in files] and [f for f, _ in found.skipped] == [str(bad)]
+    assert len(found.predictions) == len(files) and all(len(p) == 2 for p in found.predictions)
+    assert sorted(decoded) == sorted([*found.names, str(bad)])  # every file decoded exactly once
+    assert [p.index for p in found.predictions[0]] == [p.index for p in engine.predict(str(files[0]), topk=2)[0]]
+
+
 def test_predict_probabilities_are_softmax_of_logits(engine, image_dir):
     f = sorted(image_dir.iterdir())[0]
     logits = engine(engine.preprocess(str(f)))

@@ -21,7 +21,7 @@ pytest.importorskip("modelopt.onnx.quantization")
 pytest.importorskip("onnxruntime")
 pytestmark = pytest.mark.slow
 
-from rexnet_deploy import onnx_precision  # noqa: E402
+from rexnet_deploy import modelopt_passes  # noqa: E402
 from rexnet_deploy.backends import _trt  # noqa: E402
 
 HOST_PROBLEM = _trt.host_problem()
@@ -86,7 +86,7 @@ def test_int8_graph_meets_tensorrts_qdq_rules(trt_int8):
 
     path, _ = trt_int8
     model = _load(path)
-    assert onnx_precision.trt_rule_violations(model) == []
+    assert modelopt_passes.trt_rule_violations(model) == []
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
     assert len(qdq) > 100
@@ -110,15 +110,15 @@ def test_rule_checker_catches_what_tensorrt_rejects(trt_int8):
     q_act = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits)
     zero = inits[q_act.input[2]]
     zero.CopyFrom(numpy_helper.from_array(np.array(3, dtype=np.int8), zero.name))
-    problems = onnx_precision.trt_rule_violations(model)  # (the Q and its DQ share the zero-point)
+    problems = modelopt_passes.trt_rule_violations(model)  # (the Q and its DQ share the zero-point)
     assert 1 <= len(problems) <= 2 and all("not 0" in p for p in problems)
     zero.CopyFrom(numpy_helper.from_array(np.array(0, dtype=np.uint8), zero.name))
-    assert all("not int8" in p for p in onnx_precision.trt_rule_violations(model))
+    assert all("not int8" in p for p in modelopt_passes.trt_rule_violations(model))
     q_w = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in inits
                and len(inits[n.input[0]].dims) == 4)
     scale = inits[q_w.input[1]]
     scale.CopyFrom(numpy_helper.from_array(np.array(0.1, dtype=np.float32), scale.name))
-    assert any("per-channel" in p for p in onnx_precision.trt_rule_violations(model))
+    assert any("per-channel" in p for p in modelopt_passes.trt_rule_violations(model))
 
 
 def test_int8_manifest_records_calibration_exclusions_and_kept_layers(trt_int8):
@@ -146,8 +146,8 @@ def test_calibration_cache_rebuilds_the_same_graph_without_images(trt_int8, tmp_
           backend_options={"calib_method": "max", "exclude": ("features\\.16/",),
                            "calib_cache": str(path / "calib.cache")},
           check_options={"synthetic": 8, "gate": {"top1_agreement": 0.0}}).close()
-    first = onnx_precision.activation_scales(_load(path))
-    second = onnx_precision.activation_scales(_load(out))
+    first = modelopt_passes.activation_scales(_load(path))
+    second = modelopt_passes.activation_scales(_load(out))
     assert first.keys() == second.keys()
     assert all(np.isclose(first[k], second[k], rtol=1e-6) for k in first)
     m = json.loads((out / "manifest.json").read_text())
@@ -159,18 +159,18 @@ def test_calibration_cache_rebuilds_the_same_graph_without_images(trt_int8, tmp_
 
 def test_calibration_cache_round_trip_and_bad_caches(tmp_path, trt_int8):
     path, _ = trt_int8
-    scales = onnx_precision.read_calib_cache(path / "calib.cache")
-    assert scales == onnx_precision.activation_scales(_load(path)) or all(
-        np.isclose(scales[k], v) for k, v in onnx_precision.activation_scales(_load(path)).items())
+    scales = modelopt_passes.read_calib_cache(path / "calib.cache")
+    assert scales == modelopt_passes.activation_scales(_load(path)) or all(
+        np.isclose(scales[k], v) for k, v in modelopt_passes.activation_scales(_load(path)).items())
     foreign = tmp_path / "foreign.cache"
     foreign.write_text("TRT-8501-EntropyCalibration2\n" + f"other_model/conv1_output: {struct.pack('!f', 0.02).hex()}\n")
     graph = _load(path).graph
     with pytest.raises(UsageError, match="does not match the graph"):
-        onnx_precision.check_cache_matches(onnx_precision.read_calib_cache(foreign), graph, foreign)
+        modelopt_passes.check_cache_matches(modelopt_passes.read_calib_cache(foreign), graph, foreign)
     garbage = tmp_path / "garbage.cache"
     garbage.write_bytes(b"header\n\x00\x01 not a cache\n")
     with pytest.raises(UsageError, match="not a TensorRT calibration cache|cannot read"):
-        onnx_precision.read_calib_cache(garbage)
+        modelopt_passes.read_calib_cache(garbage)
 
 
 # -- the runtime without a GPU -----------------------------------------------------------------------
@@ -341,7 +341,7 @@ def test_no_tensorrt_call_that_tensorrt_11_removed():
 
     removed = re.compile(r"build_engine\(|max_workspace_size|execute_async_v2|get_binding_\w+|IInt8\w*Calibrator|"
                          r"BuilderFlag\.(INT8|FP16|BF16)|int8_calibrator|EXPLICIT_BATCH|CalibrationAlgoType")
-    package = Path(onnx_precision.__file__).parent
+    package = Path(modelopt_passes.__file__).parent
     hits = [f"{p.name}:{i}" for p in package.rglob("*.py")
             for i, line in enumerate(p.read_text().splitlines(), 1) if removed.search(line)]
     assert hits == []

@@ -1,13 +1,9 @@
 """The one table of backends. Adding a backend is one module here and one row below.
 
-Each backend module exposes the same two things (compare Polygraphy's one runner per backend and
-Ultralytics' export-format table):
-
-* ``build(ref, spec, writer, log, *, calib=None, options=None) -> dict`` — compile the reference
-  model into payload files in ``writer`` and return the backend's part of the manifest (``calib``
-  is a loaded :class:`rexnet_deploy.calibration.CalibrationSet` for INT8; ``options`` are the
-  backend's own build options);
-* ``ENGINE`` — the :class:`rexnet_deploy.engine.Engine` subclass that ``Engine.load`` returns.
+Each row is a :class:`BackendInfo`: the backend's precisions, the pip extra and modules it needs,
+and its build options (:class:`~rexnet_deploy.backends.base.Option` rows, from which the CLI makes
+its ``build`` flags). Each module follows the protocol of :mod:`rexnet_deploy.backends.base`:
+``validate``, ``host_problem``, ``build`` and ``ENGINE``.
 
 Modules are imported only when used, so a missing backend library never breaks the others.
 """
@@ -18,13 +14,20 @@ import importlib
 import importlib.util
 from dataclasses import dataclass
 from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ArtifactError, BackendUnavailable, UsageError
+from .base import Option, flags, with_defaults
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..spec import BuildSpec
+    from .base import BackendModule
 
 
 @dataclass(frozen=True)
 class BackendInfo:
     name: str
+    title: str                        # as prose names it ("ONNX Runtime"); prefixes its options' help
     module: str
     precisions: tuple[str, ...]
     extra: str                      # pip extra that installs what the runtime needs
@@ -33,15 +36,52 @@ class BackendInfo:
     summary: str
     extra_build_imports: tuple[str, ...] = ()  # build-only modules that come with ``extra`` (e.g. nncf)
     default_device: str = "cpu"
+    options: tuple[Option, ...] = ()  # its build options: flags, types, defaults, precisions
+    batch_opt: bool = False           # takes --batch MIN:OPT:MAX (an optimization profile's OPT)
+    # what `build` still makes on a host where host_problem() rules out every precision (listed
+    # by `backends`, named in matrix's skip reason); None: the backend is unusable there
+    host_fallback: str | None = None
 
     def available(self, *, for_build: bool = False) -> bool:
         mods = self.runtime_imports + (self.build_imports + self.extra_build_imports if for_build else ())
         return all(importlib.util.find_spec(m) is not None for m in mods)
 
+    def option(self, name: str) -> Option:
+        return next(o for o in self.options if o.name == name)
+
+
+# OpenVINO INT8 (NNCF); the recipes themselves are in openvino_int8.RECIPES, keyed by these choices
+_OPENVINO_OPTIONS = (
+    Option("recipe", "str", "'rexnet' (7-bit weights on every layer, measured best here) or NNCF's plain defaults.",
+           default="rexnet", precisions=("int8",), choices=("rexnet", "nncf")),
+    Option("preset", "str", "NNCF preset.", default="performance", precisions=("int8",),
+           choices=("performance", "mixed")),
+    Option("subset_size", "int", "images NNCF collects statistics on.", precisions=("int8",),
+           default_text="all calibration images"),
+    Option("fast_bias_correction", "bool", "NNCF bias correction.", default=True, precisions=("int8",),
+           flag="--fast-bias-correction/--full-bias-correction", default_text="fast"),
+    Option("max_drop", "float", "accuracy control; revert layers until top-1 agreement drops at most this much "
+           "(e.g. 0.01).", precisions=("int8",)),
+)
+_TENSORRT_OPTIONS = (
+    Option("calib_method", "str", "ModelOpt calibration.", default="entropy", precisions=("int8",),
+           choices=("entropy", "max")),
+    Option("exclude", "str", "keep these op types (Gemm) or node-name regexes (features\\.0/) in FP32; repeatable.",
+           precisions=("int8",), multiple=True, metavar="PATTERN"),
+    Option("calib_cache", "path", "rebuild from this calibration cache (an artifact's calib.cache) instead of images.",
+           precisions=("int8",), replaces_calib=True),
+    Option("onnx_only", "bool", "stop after the FP16/INT8 ONNX graph (no engine; checked on ONNX Runtime CPU).",
+           default=False),
+    Option("workspace_mib", "int", "builder workspace limit in MiB.", default=1024, flag="--workspace"),
+    Option("opt_level", "int", "builder optimization level 0-5.", default=3),
+    Option("timing_cache", "path", "timing cache file shared across builds.",
+           default_text="~/.cache/rexnet-deploy/tensorrt-timing.cache"),
+)
 
 BACKENDS: dict[str, BackendInfo] = {
     "torchscript": BackendInfo(
         name="torchscript",
+        title="TorchScript",
         module="rexnet_deploy.backends.torchscript",
         precisions=("fp32", "fp16"),
         extra="torchscript",
@@ -51,6 +91,7 @@ BACKENDS: dict[str, BackendInfo] = {
     ),
     "openvino": BackendInfo(
         name="openvino",
+        title="OpenVINO",
         module="rexnet_deploy.backends.openvino",
         precisions=("fp32", "fp16", "bf16", "int8"),
         extra="openvino",
@@ -58,9 +99,11 @@ BACKENDS: dict[str, BackendInfo] = {
         build_imports=("torch", "timm"),
         extra_build_imports=("nncf",),
         summary="OpenVINO IR for Intel CPUs; FP32 pinned to f32, FP16 weights, BF16, INT8 via NNCF; no torch at runtime",
+        options=_OPENVINO_OPTIONS,
     ),
     "onnxruntime": BackendInfo(
         name="onnxruntime",
+        title="ONNX Runtime",
         module="rexnet_deploy.backends.onnxruntime",
         precisions=("fp32", "fp16", "int8"),
         extra="onnxruntime",
@@ -72,6 +115,7 @@ BACKENDS: dict[str, BackendInfo] = {
     ),
     "tensorrt": BackendInfo(
         name="tensorrt",
+        title="TensorRT",
         module="rexnet_deploy.backends.tensorrt",
         precisions=("fp32", "fp16", "int8"),
         extra="trt",
@@ -83,6 +127,9 @@ BACKENDS: dict[str, BackendInfo] = {
         summary="strongly typed TensorRT engine from an FP16 or INT8 Q/DQ ONNX graph (ModelOpt); "
                 "on hosts without a GPU: the graph, checked on ONNX Runtime CPU",
         default_device="cuda",
+        options=_TENSORRT_OPTIONS,
+        batch_opt=True,
+        host_fallback="graphs only",
     ),
 }
 ALIASES = {"ts": "torchscript", "jit": "torchscript", "ov": "openvino", "ort": "onnxruntime", "onnx": "onnxruntime", "trt": "tensorrt"}
@@ -102,6 +149,37 @@ def check_precision(info: BackendInfo, precision: str) -> None:
         )
 
 
+def check_spec(info: BackendInfo, spec: "BuildSpec") -> None:
+    """What the table alone can say about a BuildSpec (before any backend module is imported)."""
+    check_precision(info, spec.precision)
+    if spec.batch_opt is not None and not info.batch_opt:
+        takers = "/".join(i.title for i in BACKENDS.values() if i.batch_opt)
+        raise UsageError(f"--batch MIN:OPT:MAX sets a {takers} profile; use MIN:MAX for {info.name}")
+
+
+def validate(info: BackendInfo, module: "BackendModule", spec: "BuildSpec",
+             options: dict[str, Any] | None) -> dict[str, Any]:
+    """The one validation of a build's backend options: the generic checks of the table (known
+    names, choices), then the backend's own ``validate``; returns its normalised options."""
+    given = {k: v for k, v in (options or {}).items() if v is not None}
+    unknown = set(given) - {o.name for o in info.options}
+    if unknown:
+        what = f"takes no build options ({', '.join(flags(unknown))})" if not info.options \
+            else f"does not take {', '.join(flags(unknown))}"
+        raise UsageError(f"the {info.name} backend {what}")
+    for o in info.options:
+        values = given.get(o.name, ())
+        for value in (values if o.multiple else (values,)):
+            if o.choices and o.name in given and value not in o.choices:
+                raise UsageError(f"{o.cli_flag} must be one of {', '.join(o.choices)}, got {value!r}")
+    return module.validate(spec, given)
+
+
+def defaults(info: BackendInfo, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with every declared option present (backends' ``validate`` starts from this)."""
+    return with_defaults(info.options, options)
+
+
 def load_module(info: BackendInfo, *, for_build: bool = False) -> ModuleType:
     """Import a backend module, turning a missing library into one clear line naming the extra."""
     own = info.runtime_imports + (info.extra_build_imports if for_build else ())
@@ -114,6 +192,38 @@ def load_module(info: BackendInfo, *, for_build: bool = False) -> ModuleType:
             f"pip install 'rexnet-deploy[{','.join(dict.fromkeys(extras))}]'"
         )
     return importlib.import_module(info.module)
+
+
+def not_installed(info: BackendInfo) -> str | None:
+    """What a build with ``info`` lacks here, as the pip command that adds it; None when installed."""
+    if info.available(for_build=True):
+        return None
+    return f"not installed (pip install 'rexnet-deploy[{info.extra}]')"
+
+
+def host_state(info: BackendInfo) -> str:
+    """What ``rexnet-deploy backends`` says about a backend here: ready, runtime only, not
+    installed, or — where the host rules out every precision — its fallback and why."""
+    missing = not_installed(info)
+    if missing:
+        return "runtime only" if info.available() else missing
+    module = load_module(info, for_build=True)
+    problems = []
+    for precision in info.precisions:  # stops at the first precision this host runs
+        problem = module.host_problem(precision)
+        if problem is None:
+            return "ready"
+        problems.append(problem)
+    return f"{info.host_fallback or 'unusable here'} ({problems[0]})"
+
+
+def host_reason(info: BackendInfo, precision: str) -> str | None:
+    """Why this host cannot build and run ``precision`` engines of an installed backend (matrix's
+    skip reason: its ``host_problem``, and what ``build`` still makes there), or None."""
+    problem = load_module(info, for_build=True).host_problem(precision)
+    if problem and info.host_fallback:
+        return f"{problem}; `build --backend {info.name}` still makes {info.host_fallback}"
+    return problem
 
 
 def for_artifact(backend: str) -> BackendInfo:

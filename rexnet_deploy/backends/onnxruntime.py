@@ -21,28 +21,35 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..engine import Engine
 from ..errors import BackendUnavailable, UsageError
 
+if TYPE_CHECKING:  # pragma: no cover
+    from ..log import BuildLog
+    from ..spec import BuildSpec
+
 PAYLOAD = "model.onnx"
 
 
-def check_options(spec, options: dict[str, Any]) -> None:
+def validate(spec: BuildSpec, options: dict[str, Any]) -> dict[str, Any]:
+    """CPU engines; FP16 needs ModelOpt (the registry's table already refused any option: there are none)."""
     if spec.device != "cpu":
         raise UsageError(f"the onnxruntime backend builds CPU engines; --device {spec.device} is not supported")
-    if options:
-        raise UsageError(f"the onnxruntime backend takes no build options "
-                         f"({', '.join('--' + k.replace('_', '-') for k in sorted(options))})")
     if spec.precision == "fp16" and importlib.util.find_spec("modelopt") is None:
         raise BackendUnavailable("onnxruntime fp16 graphs are made by ModelOpt, which is not installed: "
                                  "pip install 'rexnet-deploy[trt]'")
+    return dict(options)
 
 
-def build(ref, spec, writer, log: Callable[[str], None] = lambda _m: None, *, calib=None,
+def host_problem(precision: str) -> str | None:
+    return None  # ONNX Runtime's CPU provider runs every precision on every CPU
+
+
+def build(ref, spec: BuildSpec, writer, log: BuildLog, *, calib=None,
           options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Export the FP32 graph to ``model.onnx``; for INT8, quantize it on ``calib`` in place."""
     import onnx
@@ -50,25 +57,19 @@ def build(ref, spec, writer, log: Callable[[str], None] = lambda _m: None, *, ca
 
     from .. import onnx_export
 
-    options = dict(options or {})
-    check_options(spec, options)
     log("exporting ONNX (opset 17) and checking it against PyTorch on ONNX Runtime")
     target = writer.path(PAYLOAD)
     fp32 = target if spec.precision == "fp32" else target.with_name("fp32.tmp.onnx")
     export = onnx_export.export(ref, fp32, batch=spec.batch)
     config: dict[str, Any] = {"export": export, "graph_optimization": "all", "provider": "CPUExecutionProvider"}
     if spec.precision == "int8":
-        if calib is None:
-            from ..calibration import MISSING
-
-            raise UsageError(MISSING)
         log(f"quantizing with ONNX Runtime on {len(calib)} calibration images (min-max ranges)")
         config["quantization"] = _quantize(fp32, target, calib)
     elif spec.precision == "fp16":
-        from .. import onnx_precision
+        from .. import modelopt_passes
 
         log("converting the graph to FP16 (ModelOpt autocast, FP32 input/output)")
-        config["precision_pass"] = onnx_precision.to_fp16(fp32, target)
+        config["precision_pass"] = modelopt_passes.to_fp16(fp32, target)
     if fp32 != target:
         fp32.unlink()
     return {

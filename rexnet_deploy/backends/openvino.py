@@ -25,12 +25,17 @@ from __future__ import annotations
 import queue
 import threading
 import warnings
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..engine import Engine
 from ..errors import BackendUnavailable, BuildError, UsageError
+from .base import with_defaults
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..log import BuildLog
+    from ..spec import BuildSpec
 
 PAYLOAD = "model.xml"
 WEIGHTS = "model.bin"
@@ -40,31 +45,44 @@ RUNTIME_PRECISION = {"fp32": "f32", "int8": "f32", "bf16": "bf16", "fp16": None}
 
 
 # -- build ------------------------------------------------------------------------------------
-def check_options(spec, options: dict[str, Any]) -> None:
-    """Reject bad build options before the builder spends time on the model."""
+def validate(spec: BuildSpec, options: dict[str, Any]) -> dict[str, Any]:
+    """CPU engines only; the INT8 options (see :mod:`.openvino_int8`) only for INT8 builds."""
     if spec.device != "cpu":
         raise UsageError(f"the openvino backend builds CPU engines; --device {spec.device} is not supported")
-    if spec.precision == "int8":
-        from .openvino_int8 import check_options as check_int8
+    from . import get
+    from .base import outside_precision
 
-        check_int8(options)
-    elif options:
-        raise UsageError(f"{', '.join('--' + k.replace('_', '-') for k in options)} only apply to --int8 builds")
+    info = get("openvino")
+    wrong = outside_precision(info.options, spec.precision, options)
+    if wrong:
+        raise UsageError(f"{', '.join(wrong)} only apply to --int8 builds")
+    if spec.precision != "int8":
+        return {}
+    from .openvino_int8 import validate as validate_int8
+
+    return validate_int8(with_defaults(info.options, options))
 
 
-def build(ref, spec, writer, log: Callable[[str], None] = lambda _m: None, *, calib=None,
+def host_problem(precision: str) -> str | None:
+    if precision == "bf16":
+        import openvino as ov
+
+        if "BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+            return "this CPU has no bf16 arithmetic (OpenVINO would run it in f32)"
+    return None
+
+
+def build(ref, spec: BuildSpec, writer, log: BuildLog, *, calib=None,
           options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Convert the reference to OpenVINO IR (``model.xml`` + ``model.bin``) at ``spec.precision``."""
     import openvino as ov
 
-    options = dict(options or {})
-    check_options(spec, options)
     model = convert(ref)
     backend_config: dict[str, Any] = {}
     if spec.precision == "int8":
         from .openvino_int8 import quantize
 
-        model, backend_config["quantization"] = quantize(model, ref, calib, options, log)
+        model, backend_config["quantization"] = quantize(model, ref, calib, options or {}, log)
     ov.save_model(model, str(writer.path(PAYLOAD)), compress_to_fp16=spec.precision == "fp16")
     hint = RUNTIME_PRECISION[spec.precision]
     effective = _verify(writer.path(PAYLOAD), ref, spec, hint, log)
@@ -103,31 +121,25 @@ def convert(ref):
     return model
 
 
-def _verify(xml, ref, spec, hint: str | None, log) -> str:
+def _verify(xml, ref, spec: BuildSpec, hint: str | None, log: BuildLog) -> str:
     """The saved IR, compiled as the runtime compiles it, against eager PyTorch at two batch sizes.
     FP32 must match closely; every precision must give finite, non-constant outputs at a static
     *and* a dynamic shape (the all-zero-logits failure mode shows up here)."""
     import openvino as ov
-    import torch
 
     core = ov.Core()
     model = core.read_model(str(xml))
     config = _config("LATENCY", hint)
     c, h, w = ref.data_config.input_size
-    lo, hi = spec.batch
     effective = "f32"
     dynamic = core.compile_model(model, "CPU", config)
-    for n in sorted({lo, min(hi, 3)}):
-        x = torch.randn(n, c, h, w, generator=torch.Generator().manual_seed(n))
-        with torch.inference_mode():
-            want = ref.module(x)
-        want = [t.numpy() for t in (want if isinstance(want, (list, tuple)) else [want])]
+    for n, x, want in ref.probes(spec.batch):
         static_model = model.clone()
         static_model.reshape({0: [n, c, h, w]})
         compiled = core.compile_model(static_model, "CPU", config)
         effective = _precision_of(compiled)
         for label, cm in (("static", compiled), ("dynamic", dynamic)):
-            res = cm.create_infer_request().infer({0: x.numpy()})
+            res = cm.create_infer_request().infer({0: x})
             for k, expected in enumerate(want):
                 got = np.asarray(res[k])
                 if not np.isfinite(got).all() or np.ptp(got) == 0:

@@ -18,15 +18,14 @@ import io
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import BuildError, UsageError
 
-PRESETS = ("performance", "mixed")
-OPTIONS = ("preset", "subset_size", "fast_bias_correction", "max_drop", "recipe")
-
+if TYPE_CHECKING:  # pragma: no cover
+    from ..log import BuildLog
 
 @dataclass(frozen=True)
 class Recipe:
@@ -43,43 +42,30 @@ class Recipe:
 # pairs into int16 (vpmaddubsw), which saturates; 7-bit weights cannot. NNCF fixes only the first
 # layer by default. An artifact can be served on another CPU than it was built on, so the recipe
 # uses 7-bit weights everywhere (on a VNNI CPU that costs one bit of weight resolution, no speed).
+# The names are the choices of the registry's ``recipe`` option (tests/test_backend_protocol.py).
 RECIPES: dict[str, Recipe] = {
     "rexnet": Recipe("NNCF defaults with the overflow fix (7-bit weights) on every layer", "enable"),
     "nncf": Recipe("NNCF's own defaults (overflow fix on the first layer only)", "first_layer_only"),
 }
 
 
-def check_options(options: dict[str, Any]) -> dict[str, Any]:
-    """Validate the INT8 build options (before any model is built); returns them with defaults."""
-    unknown = set(options) - set(OPTIONS)
-    if unknown:
-        raise UsageError(f"unknown INT8 options: {', '.join(sorted(unknown))}")
-    opts = {"preset": "performance", "recipe": "rexnet", "subset_size": None, "fast_bias_correction": True,
-            "max_drop": None, **{k: v for k, v in options.items() if v is not None}}
-    if opts["preset"] not in PRESETS:
-        raise UsageError(f"--preset must be one of {', '.join(PRESETS)}, got {opts['preset']!r}")
-    if opts["recipe"] not in RECIPES:
-        raise UsageError(f"--recipe must be one of {', '.join(RECIPES)}, got {opts['recipe']!r}")
+def validate(opts: dict[str, Any]) -> dict[str, Any]:
+    """Check the INT8 build options (every declared one present, defaults filled in by the
+    registry's table; names and choices already checked there); returns them normalised."""
     if opts["subset_size"] is not None and int(opts["subset_size"]) < 1:
         raise UsageError(f"--subset-size must be >= 1, got {opts['subset_size']}")
     if opts["max_drop"] is not None and not 0 <= float(opts["max_drop"]) < 1:
         raise UsageError(f"--max-drop is a top-1 agreement drop between 0 and 1, got {opts['max_drop']}")
-    opts["fast_bias_correction"] = bool(opts["fast_bias_correction"])
-    return opts
+    return {**opts, "fast_bias_correction": bool(opts["fast_bias_correction"])}
 
 
-def quantize(model, ref, calib, options: dict[str, Any], log: Callable[[str], None]) -> tuple[Any, dict[str, Any]]:
-    """Quantize the OpenVINO ``model`` on ``calib`` (a loaded CalibrationSet); returns the INT8
-    model and the manifest's record of how it was made."""
+def quantize(model, ref, calib, opts: dict[str, Any], log: BuildLog) -> tuple[Any, dict[str, Any]]:
+    """Quantize the OpenVINO ``model`` on ``calib`` (a loaded CalibrationSet) with the options
+    :func:`validate` returned; returns the INT8 model and the manifest's record of how it was made."""
     # NNCF imports torch's cpp_extension, which warns that a CPU host has no CUDA runtime
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     import nncf
 
-    if calib is None:
-        from ..calibration import MISSING
-
-        raise UsageError(MISSING)
-    opts = check_options(options)
     preset_name, recipe, fast_bc, max_drop = opts["preset"], opts["recipe"], opts["fast_bias_correction"], opts["max_drop"]
     subset_size = opts["subset_size"] or len(calib)
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
@@ -148,18 +134,16 @@ def _with_accuracy_control(model, calib, max_drop: float, kwargs: dict[str, Any]
 
 
 @contextlib.contextmanager
-def _nncf_output(log, verbose: bool = False):
+def _nncf_output(log: BuildLog, verbose: bool = False):
     """NNCF draws its own progress bars and logs through the ``nncf`` logger: show them unless
-    the caller is quiet (``log.quiet``), and pause the caller's spinner while they run."""
-    quiet = getattr(log, "quiet", False)
-    paused = getattr(log, "paused", contextlib.nullcontext)
+    the log is quiet, and pause the log's spinner while they run."""
     logger = logging.getLogger("nncf")
     level = logger.level
     # accuracy control reports its drop and the layers it reverts at INFO: worth showing
-    logger.setLevel(logging.ERROR if quiet else (logging.INFO if verbose else logging.WARNING))
+    logger.setLevel(logging.ERROR if log.quiet else (logging.INFO if verbose else logging.WARNING))
     sink = io.StringIO()
     try:
-        with paused(), (contextlib.redirect_stdout(sink) if quiet else contextlib.nullcontext()):
+        with log.paused(), (contextlib.redirect_stdout(sink) if log.quiet else contextlib.nullcontext()):
             yield
     finally:
         logger.setLevel(level)

@@ -1,7 +1,7 @@
 """TensorRT backend: ONNX → precision graph (ModelOpt) → strongly typed TensorRT engine.
 
 Data flows one way: the exported FP32 graph (:mod:`rexnet_deploy.onnx_export`) → a precision pass
-(:mod:`rexnet_deploy.onnx_precision`: FP16 autocast or INT8 Q/DQ) → ``model.onnx`` in the artifact
+(:mod:`rexnet_deploy.modelopt_passes`: FP16 autocast or INT8 Q/DQ) → ``model.onnx`` in the artifact
 → :mod:`._trt` compiles it on a TensorRT GPU host → ``model.engine``. The artifact always carries
 the graph the engine was compiled from, so an engine can be rebuilt for another GPU or TensorRT
 version from the artifact alone (``Engine.load(path, rebuild_engine=True)``, CLI
@@ -15,87 +15,88 @@ against the FP32 reference — not a TensorRT measurement.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..engine import Engine
 from ..errors import ArtifactError, BackendUnavailable, UsageError
 
+if TYPE_CHECKING:  # pragma: no cover
+    from ..log import BuildLog
+    from ..spec import BuildSpec
+
 GRAPH = "model.onnx"
 ENGINE_FILE = "model.engine"
 CALIB_CACHE = "calib.cache"
 EMULATION = "onnxruntime-cpu"
-OPTIONS = ("calib_method", "exclude", "calib_cache", "onnx_only", "workspace_mib", "opt_level", "timing_cache")
 
 
-def host_problem() -> str | None:
+def host_problem(precision: str) -> str | None:
     """Why this host cannot build or run engines (it can still write and check the graphs)."""
     from . import _trt
 
-    return _trt.host_problem()
+    problem = _trt.host_problem()
+    return f"needs a TensorRT GPU host ({problem})" if problem else None
 
 
-def check_options(spec, options: dict[str, Any]) -> None:
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise UsageError(f"the tensorrt backend does not take {', '.join('--' + k.replace('_', '-') for k in unknown)}")
+def validate(spec: BuildSpec, options: dict[str, Any]) -> dict[str, Any]:
+    """CUDA engines; the INT8-only options only for INT8; values in range. Returns every option,
+    defaults filled in (the timing cache: this user's shared one)."""
+    from . import _trt, get
+    from .base import outside_precision, with_defaults
+
+    info = get("tensorrt")
     if spec.device != "cuda":
         raise UsageError(f"TensorRT engines run on CUDA GPUs; --device {spec.device} is not supported (use --device cuda)")
-    int8_only = [k for k in ("calib_method", "exclude", "calib_cache") if options.get(k)]
-    if int8_only and spec.precision != "int8":
-        raise UsageError(f"--{int8_only[0].replace('_', '-')} is for --int8 builds")
-    if options.get("calib_cache") is not None and not Path(options["calib_cache"]).is_file():
-        raise UsageError(f"--calib-cache {options['calib_cache']} does not exist")
-    from .. import onnx_precision
-
-    if options.get("calib_method", "entropy") not in onnx_precision.CALIB_METHODS:
-        raise UsageError(f"--calib-method must be one of {', '.join(onnx_precision.CALIB_METHODS)}")
-    level = options.get("opt_level")
-    if level is not None and not 0 <= int(level) <= 5:
-        raise UsageError(f"--opt-level must be 0..5 (TensorRT's builder optimization level), got {level}")
-    if options.get("workspace_mib") is not None and int(options["workspace_mib"]) < 1:
+    wrong = outside_precision(info.options, spec.precision, options)
+    if wrong:
+        raise UsageError(f"{wrong[0]} is for --int8 builds")
+    opts = with_defaults(info.options, options)
+    if opts["calib_cache"] is not None and not Path(opts["calib_cache"]).is_file():
+        raise UsageError(f"--calib-cache {opts['calib_cache']} does not exist")
+    if not 0 <= int(opts["opt_level"]) <= 5:
+        raise UsageError(f"--opt-level must be 0..5 (TensorRT's builder optimization level), got {opts['opt_level']}")
+    if int(opts["workspace_mib"]) < 1:
         raise UsageError("--workspace must be a positive number of MiB")
+    return {**opts, "onnx_only": bool(opts["onnx_only"]), "opt_level": int(opts["opt_level"]),
+            "workspace_mib": int(opts["workspace_mib"]),
+            "calib_cache": Path(opts["calib_cache"]) if opts["calib_cache"] is not None else None,
+            "timing_cache": Path(opts["timing_cache"] or _trt.default_timing_cache())}
 
 
-def build(ref, spec, writer, log: Callable[[str], None] = lambda _m: None, *, calib=None,
+def build(ref, spec: BuildSpec, writer, log: BuildLog, *, calib=None,
           options: dict[str, Any] | None = None) -> dict[str, Any]:
     import onnx
 
-    from .. import onnx_export, onnx_precision
+    from .. import modelopt_passes, onnx_export
     from . import _trt
 
-    options = dict(options or {})
-    check_options(spec, options)
+    opts = options or {}
     graph = writer.path(GRAPH)
     fp32 = graph if spec.precision == "fp32" else graph.with_name("fp32.tmp.onnx")  # ModelOpt wants the .onnx suffix
     log("exporting ONNX (opset 17) and checking it against PyTorch on ONNX Runtime")
     config: dict[str, Any] = {"export": onnx_export.export(ref, fp32, batch=spec.batch), "graph": GRAPH}
     if spec.precision == "fp16":
         log("converting the graph to FP16 (ModelOpt autocast, FP32 input/output)")
-        config["precision_pass"] = onnx_precision.to_fp16(fp32, graph)
+        config["precision_pass"] = modelopt_passes.to_fp16(fp32, graph)
     elif spec.precision == "int8":
-        cache = options.get("calib_cache")
-        method = options.get("calib_method", "entropy")
+        cache, method = opts["calib_cache"], opts["calib_method"]
         source = f"the calibration cache {cache}" if calib is None else f"{len(calib)} calibration images"
         log(f"inserting INT8 Q/DQ (ModelOpt, {method} calibration on {source})")
-        config["precision_pass"] = onnx_precision.quantize_int8(
-            fp32, graph, calib=calib, method=method, exclude=options.get("exclude") or (),
-            cache=Path(cache) if cache else None, warn=log)
-        entries = onnx_precision.write_calib_cache(onnx.load(str(graph)), writer.path(CALIB_CACHE), method)
+        config["precision_pass"] = modelopt_passes.quantize_int8(
+            fp32, graph, calib=calib, method=method, exclude=opts["exclude"], cache=cache, warn=log)
+        entries = modelopt_passes.write_calib_cache(onnx.load(str(graph)), writer.path(CALIB_CACHE), method)
         config["calib_cache"] = {"file": CALIB_CACHE, "tensors": entries, "format": "TensorRT calibration cache"}
     if fp32 != graph:
         fp32.unlink()
     profile = _trt.Profile(spec.batch[0], spec.batch_opt or spec.batch[1], spec.batch[1])
     config["profile"] = profile.to_dict()
-    settings = _trt.BuildSettings(profile=profile, workspace_mib=int(options.get("workspace_mib") or _trt.WORKSPACE_MIB),
-                                  opt_level=int(options.get("opt_level") if options.get("opt_level") is not None else 3),
-                                  timing_cache=Path(options.get("timing_cache") or _trt.default_timing_cache()),
-                                  tf32=spec.precision != "fp32")
+    settings = _trt.BuildSettings(profile=profile, workspace_mib=opts["workspace_mib"], opt_level=opts["opt_level"],
+                                  timing_cache=opts["timing_cache"], tf32=spec.precision != "fp32")
     config["build_settings"] = settings.to_dict()
-    problem = "--onnx-only was given" if options.get("onnx_only") else _trt.host_problem()
+    problem = "--onnx-only was given" if opts["onnx_only"] else _trt.host_problem()
     part: dict[str, Any] = {"backend_config": config, "environment": _trt.graph_environment()}
     if problem:
         log(f"note: the TensorRT engine step needs a TensorRT GPU host ({problem}); the artifact holds the "
@@ -147,21 +148,15 @@ class TensorRTEngine(Engine):
                                          max_batch=self.batch_range[1], cuda_graph=cuda_graph)
 
     def _rebuild(self) -> dict[str, Any]:
+        """Compile the stored graph for this host and store the engine in the artifact."""
         from . import _trt
 
         config = self.manifest["backend_config"]
         settings = _trt.BuildSettings.from_dict(config["build_settings"])
-        target = self.artifact.file(ENGINE_FILE)
-        tmp = target.with_name(ENGINE_FILE + ".tmp")
+        tmp = self.artifact.file(ENGINE_FILE + ".tmp")
         record = _trt.compile_engine(self.artifact.file(GRAPH), tmp, settings, lambda _m: None)
-        os.replace(tmp, target)
-        from ..artifact import file_sha256
-
-        config["engine"] = record
-        self.manifest["payload"] = ENGINE_FILE
-        self.manifest["runtime"] = record["runtime"]
-        self.manifest["files"][ENGINE_FILE] = file_sha256(target)
-        self.artifact.save_manifest()
+        self.artifact.replace_file(ENGINE_FILE, tmp, backend_config={**config, "engine": record},
+                                   payload=ENGINE_FILE, runtime=record["runtime"])
         return record
 
     def _infer(self, batch: np.ndarray) -> list[np.ndarray]:

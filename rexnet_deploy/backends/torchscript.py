@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..engine import Engine
+from ..engine import Engine, output_list
 from ..errors import BackendUnavailable, BuildError, UsageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..log import BuildLog
+    from ..spec import BuildSpec
 
 PAYLOAD = "model.ts"
 
@@ -45,20 +49,34 @@ def _torch_version() -> tuple[int, int]:
     return int(major), int(minor)
 
 
-def build(ref, spec, writer, log: Callable[[str], None] = lambda _m: None, *, calib=None,
+def validate(spec: BuildSpec, options: dict[str, Any]) -> dict[str, Any]:
+    """Device and precision (TorchScript takes no build options)."""
+    if spec.device not in ("cpu", "cuda"):
+        raise UsageError(f"unknown device {spec.device!r} for torchscript (cpu or cuda)")
+    if spec.precision == "fp16" and spec.device != "cuda":
+        raise UsageError("TorchScript FP16 needs --device cuda (FP16 convolutions on CPU are slow and not supported here)")
+    if spec.device == "cuda" and _no_cuda():
+        raise BackendUnavailable("--device cuda was asked for, but torch sees no CUDA GPU on this host")
+    return dict(options)
+
+
+def host_problem(precision: str) -> str | None:
+    if precision == "fp16" and _no_cuda():
+        return "FP16 TorchScript runs on CUDA; no CUDA GPU here"
+    return None
+
+
+def _no_cuda() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def build(ref, spec: BuildSpec, writer, log: BuildLog, *, calib=None,
           options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Trace the reference module into ``model.ts`` and prove it equals the reference at two batch sizes."""
     import torch
 
-    if options:
-        raise UsageError(f"the torchscript backend takes no build options ({', '.join(options)})")
-
-    if spec.precision == "fp16" and spec.device != "cuda":
-        raise UsageError("TorchScript FP16 needs --device cuda (FP16 convolutions on CPU are slow and not supported here)")
-    if spec.device == "cuda" and not torch.cuda.is_available():
-        raise BackendUnavailable("--device cuda was asked for, but torch sees no CUDA GPU on this host")
-    if spec.device not in ("cpu", "cuda"):
-        raise UsageError(f"unknown device {spec.device!r} for torchscript (cpu or cuda)")
     dtype = torch.float16 if spec.precision == "fp16" else torch.float32
     device = torch.device(spec.device)
 
@@ -73,13 +91,15 @@ def build(ref, spec, writer, log: Callable[[str], None] = lambda _m: None, *, ca
         torch.jit.save(frozen, str(writer.path(PAYLOAD)))
         # dynamic batch: the saved file, loaded as the runtime loads it, must match eager
         reloaded = _load(str(writer.path(PAYLOAD)), spec.device)
-        lo, hi = spec.batch
-        for n in sorted({lo, min(hi, 3)}):
-            x = _to_input(torch.randn(n, c, h, w, generator=torch.Generator().manual_seed(n)), device, dtype)
-            got, want = _as_list(reloaded(x)), _as_list(module(x))
-            for g, e in zip(got, want):
-                if g.shape != e.shape or not torch.allclose(g.float(), e.float(), rtol=1e-2, atol=1e-2 if dtype == torch.float16 else 1e-3):
-                    raise BuildError(f"the traced TorchScript module differs from eager at batch {n}; cannot build")
+
+        def on(fn):  # numpy NCHW in, outputs as float32 numpy out, at the engine's device and dtype
+            return lambda x: [o.float().cpu().numpy() for o in output_list(fn(_to_input(torch.from_numpy(x), device, dtype)))]
+
+        atol = 1e-2 if dtype == torch.float16 else 1e-3
+        for n, x, want in ref.probes(spec.batch, eager=on(module)):
+            got = on(reloaded)(x)
+            if any(g.shape != e.shape or not np.allclose(g, e, rtol=1e-2, atol=atol) for g, e in zip(got, want)):
+                raise BuildError(f"the traced TorchScript module differs from eager at batch {n}; cannot build")
     # the reference module is shared with the harness: give it back as it came (FP32, NCHW, CPU)
     module.to(device="cpu", dtype=torch.float32, memory_format=torch.contiguous_format)
     major, minor = _torch_version()
@@ -103,10 +123,6 @@ def _to_input(x, device, dtype):
     import torch
 
     return x.to(device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
-
-
-def _as_list(out) -> list:
-    return list(out) if isinstance(out, (list, tuple)) else [out]
 
 
 class TorchScriptEngine(Engine):
@@ -135,7 +151,7 @@ class TorchScriptEngine(Engine):
         torch = self._torch
         with torch.inference_mode():
             x = _to_input(torch.from_numpy(batch), self.device, self._dtype)
-            outs = _as_list(self._module(x))
+            outs = output_list(self._module(x))
             return [o.float().cpu().numpy() for o in outs]
 
     def _release(self) -> None:

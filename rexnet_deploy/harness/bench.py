@@ -11,6 +11,7 @@ import numpy as np
 from ..artifact import environment
 from ..engine import Engine
 from ..errors import UsageError
+from ..log import Progress
 
 Runner = Callable[[np.ndarray], Any]
 
@@ -48,7 +49,7 @@ def bench(
     min_iters: int = 5,
     warmup: int = 3,
     rounds: int = 3,
-    progress: Callable[..., None] | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Per batch size: warm both up, then alternate ``rounds`` timed stretches of engine and
     reference (so slow drift of a noisy machine hits both), each about ``seconds / rounds`` long."""
@@ -72,7 +73,7 @@ def bench(
     def step(description: str) -> None:
         nonlocal done
         if progress:
-            progress(done, steps, description)
+            progress(description, done, steps)
         done += 1
 
     for batch in batches:

@@ -12,6 +12,7 @@ import numpy as np
 from ..engine import Engine
 from ..errors import GateFailed, ImageError, InputError, UsageError
 from ..images import describe_bad, expand_paths, find_images, load_images
+from ..log import Progress
 from ..preprocess import preprocess_batch
 from ..synthetic import synthetic_images
 from .labelsets import has_wnid_folders, labels_for, read_labels_csv
@@ -33,7 +34,7 @@ def check(
     skip_bad: bool = False,
     limit: int | None = None,
     batch_size: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Compare ``engine`` with the FP32 reference on ``images`` (a folder or file list), or on
     ``synthetic`` generated images when none are given. Returns the JSON-ready report; raises
@@ -111,7 +112,7 @@ def check(
         comparison.update(reference(batch), engine.infer(batch), batch_truth)
         done += len(pil) if files is None else len(chunk)
         if progress:
-            progress(done, total)
+            progress("checking", done, total)
     if skipped and not skip_bad:
         raise ImageError(describe_bad(skipped, hint=True), skipped)
     if comparison.n == 0:
@@ -135,6 +136,20 @@ def check(
         "gate": evaluate_gate(metrics, thresholds),
         "seconds": round(time.perf_counter() - t0, 2),
     }
+
+
+def check_artifact(engine_path: str | os.PathLike, *, engine_options: dict[str, Any] | None = None,
+                   save_report: bool = True, warn: Callable[[str], None] = lambda _m: None,
+                   **options: Any) -> dict[str, Any]:
+    """Load the artifact at ``engine_path`` (``engine_options`` go to ``Engine.load``), run
+    :func:`check` on it with ``options``, and keep the report in its manifest unless told not to."""
+    from .report import store_report
+
+    with Engine.load(engine_path, **(engine_options or {})) as engine:
+        report = check(engine, **options)
+        if save_report:
+            store_report(engine, "check", report, warn)
+    return report
 
 
 def raise_for_gate(report: dict[str, Any]) -> None:

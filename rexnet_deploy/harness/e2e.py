@@ -12,17 +12,15 @@ import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from ..engine import Engine
 from ..errors import ImageError, UsageError
 from ..images import find_images, load_image
+from ..log import Progress
 from ..preprocess import preprocess_image
-
-Progress = Callable[..., None]
-
 
 def _load(path: Path, config) -> np.ndarray | None:
     try:
@@ -83,7 +81,7 @@ def end_to_end(engine: Engine, images: str | os.PathLike, *, batches: Sequence[i
         want = max(min_images, 2 * batch)
         run = (files * (-(-want // len(files))))[:want]
         if progress:
-            progress(i, len(batches), f"end to end, batch {batch}")
+            progress(f"end to end, batch {batch}", i, len(batches))
         run_files(engine, run[:batch], batch, workers=workers)  # warm-up: compile, caches
         seconds, n = run_files(engine, run, batch, workers=workers)
         x = np.random.default_rng(0).standard_normal((batch, *engine.input_shape[1:]), dtype=np.float32)

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from ..engine import output_list
 from ..models import ReferenceModel, create_reference
 from ..spec import ModelSpec
 
@@ -36,5 +37,4 @@ class TorchReference:
         torch = self._torch
         with torch.inference_mode():
             out = self.module(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
-        outs = list(out) if isinstance(out, (list, tuple)) else [out]
-        return [o.numpy() for o in outs]
+        return [o.numpy() for o in output_list(out)]

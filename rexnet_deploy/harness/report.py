@@ -1,9 +1,17 @@
-"""Reports as Markdown (pasteable into a pull request) and JSON."""
+"""Reports as Markdown (pasteable into a pull request) and JSON, and kept in the artifact."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
+
+
+def store_report(engine, kind: str, report: dict[str, Any], warn: Callable[[str], None]) -> None:
+    """Keep a check/bench report in the engine's manifest; a read-only artifact is a warning."""
+    try:
+        engine.artifact.set_report(kind, report)
+    except OSError as exc:
+        warn(f"warning: could not store the {kind} report in the manifest: {exc}")
 
 
 def _fmt(v: Any, digits: int = 4) -> str:

@@ -1,4 +1,7 @@
-"""Precision passes on the exported ONNX graph, for TensorRT's strongly typed networks.
+"""ModelOpt's precision passes on the exported ONNX graph (FP16 autocast, INT8 Q/DQ), the
+TensorRT calibration cache, and TensorRT's rules for Q/DQ graphs. Used by the TensorRT backend
+(whose strongly typed networks take their precision from the graph), by the ONNX Runtime backend's
+FP16, and by the INT8 sensitivity sweep.
 
 TensorRT 10.1+ deprecates and TensorRT 11 removes implicit precision (builder flags, INT8
 calibrators): the precision is in the graph. NVIDIA's ModelOpt writes both graphs:
@@ -32,7 +35,6 @@ import numpy as np
 from .errors import BuildError, UsageError, one_line
 from .onnx_export import prune, prune_file
 
-CALIB_METHODS = ("entropy", "max")
 CACHE_HEADER = "TRT-rexnet-deploy-{method}"  # ModelOpt skips the first line, TensorRT's own header
 Warn = Callable[[str], None]
 
@@ -67,17 +69,12 @@ def quantize_int8(src: Path, dst: Path, *, calib=None, method: str = "entropy", 
     CalibrationSet) or, without images, on the activation scales of ``cache``.
 
     ``exclude``: op types (``Gemm``) or regular expressions searched in node names
-    (``features\\.0/``), kept in FP32; a pattern that matches nothing is a warning.
+    (``features\\.0/``), kept in FP32; a pattern that matches nothing is a warning. ``method`` is
+    ``entropy`` or ``max`` (the choices of the TensorRT backend's ``calib_method`` option, checked there).
     """
     import onnx
     from modelopt.onnx.quantization import quantize
 
-    if method not in CALIB_METHODS:
-        raise UsageError(f"unknown calibration method {method!r} (one of {', '.join(CALIB_METHODS)})")
-    if calib is None and cache is None:
-        from .calibration import MISSING
-
-        raise UsageError(MISSING)
     graph = onnx.load(str(src)).graph
     op_types, node_names = resolve_exclude(graph, exclude, warn)
     cached = None
