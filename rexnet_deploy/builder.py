@@ -14,6 +14,7 @@ from typing import Any
 from . import backends, calibration
 from .artifact import ArtifactWriter, environment
 from .engine import Engine, output_list
+from .images import find_images
 from .errors import GateFailed, UsageError
 from .log import BuildLog, LogLike, as_build_log
 from .models import create_reference, imagenet_labels
@@ -33,6 +34,7 @@ def build(
     check: bool = True,
     check_options: dict[str, Any] | None = None,
     check_size: int = calibration.HELD_OUT_LIMIT,
+    eval_images: str | os.PathLike | None = None,
     bench_batches: list[int] | None = None,
     bench_seconds: float = 2.0,
     log: LogLike = None,
@@ -59,6 +61,8 @@ def build(
         raise UsageError(f"--check-images {given} does not exist")
     replaced = [o.cli_flag for o in info.options if o.replaces_calib and (backend_options or {}).get(o.name) is not None]
     calib_set = _plan_calibration(spec, calib, calib_size, calib_seed, replaced[0] if replaced else None)
+    if eval_images is not None and (Path(eval_images).is_dir() or not Path(eval_images).exists()):
+        find_images(eval_images)  # a missing or image-less folder fails now, not after minutes of building
     backend = backends.load_module(info, for_build=True)
     options = backends.validate(info, backend, spec, backend_options)  # the one validation of the options
     with ArtifactWriter(out, force=force) as writer:
@@ -123,6 +127,17 @@ def build(
                 artifact.set_report("check", report)
                 if not report["gate"]["passed"]:
                     raise GateFailed("build gate failed, nothing written: " + "; ".join(report["gate"]["failures"]))
+            if eval_images is not None:
+                from .harness.check import check as run_check
+
+                # photos of other classes than the calibration ones: the figures that carry over to
+                # unseen inputs (recorded next to the gate's; informative, the gate stays the check's)
+                log(f"evaluating on {eval_images}")
+                if calib_set is not None and calib_set.overlap([eval_images]):
+                    log("warning: the evaluation images include calibration images; agreement measured on them reads high")
+                report = run_check(engine, reference=reference, images=eval_images, skip_bad=True,
+                                   gate=check_options.get("gate"))
+                artifact.set_report("eval", report)
             if bench_batches:
                 from .harness.bench import bench
 

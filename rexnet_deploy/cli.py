@@ -221,6 +221,8 @@ def _backend_build_options(command):
 @click.option("--check-size", type=click.IntRange(min=1), default=HELD_OUT_LIMIT, show_default=True, help="INT8: held-out calibration-source images to check on (when no --check-images).")
 @click.option("--check-images", type=click.Path(), default=None, help="Images to check the build on [generated images].")
 @click.option("--labels", type=click.Path(), default=None, help="CSV file,class_index for --check-images.")
+@click.option("--eval-images", type=click.Path(), default=None,
+              help="Also measure fidelity on these photos (ideally of classes the calibration set lacks); recorded as the eval report.")
 @click.option("--synthetic", type=int, default=32, show_default=True, help="Generated images to check on when no --check-images.")
 @click.option("--skip-check", is_flag=True, help="Do not check the engine against the reference before publishing.")
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable check images instead of failing.")
@@ -229,12 +231,12 @@ def _backend_build_options(command):
 @click.option("--json", "json_out", type=click.Path(), default=None, help="Write the manifest (with reports) here too.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 def build_command(model, head, backend, precision, precision_flag, weights, seed, device, batch_range, test_size, out,
-                  force, calib, calib_size, calib_seed, check_size, check_images, labels, synthetic, skip_check,
+                  force, calib, calib_size, calib_seed, check_size, check_images, labels, eval_images, synthetic, skip_check,
                   skip_bad, gate, bench_batches, json_out, quiet, **backend_flags) -> None:
     """Compile the model into an engine artifact, check it against the FP32 reference, publish it."""
     from . import backends
     from .builder import build
-    from .harness.report import bench_markdown, check_markdown
+    from .harness.report import bench_markdown, check_markdown, fidelity_markdown, summary
     from .spec import BuildSpec, ModelSpec, WeightsSpec, parse_batch_list, parse_batch_profile
 
     if precision and precision_flag and precision != precision_flag:
@@ -255,12 +257,14 @@ def build_command(model, head, backend, precision, precision_flag, weights, seed
     with _status(quiet) as log:
         engine = build(model_spec, spec, out, force=force, calib=calib, calib_size=calib_size, calib_seed=calib_seed,
                        backend_options=backend_options, check=not skip_check, check_options=check_options,
-                       check_size=check_size, bench_batches=batches, log=log)
+                       check_size=check_size, eval_images=eval_images, bench_batches=batches, log=log)
     with engine:
         reports = engine.manifest.get("reports", {})
         click.echo(f"built {engine.artifact.path} ({engine.backend} {precision}, {model})")
         if reports.get("check"):
             click.echo("\n" + check_markdown(reports["check"]))
+        if reports.get("eval"):
+            click.echo("\n" + fidelity_markdown({k: summary(reports[k]) for k in ("check", "eval") if reports.get(k)}))
         if reports.get("bench"):
             click.echo("\n" + bench_markdown(reports["bench"]))
         _write_json(json_out, engine.manifest)

@@ -132,7 +132,10 @@ def test_validate_returns_every_declared_option_with_its_default():
     opts = backends.validate(info, backends.load_module(info, for_build=True),
                              BuildSpec(backend="openvino", precision="int8", device="cpu"), {})
     assert opts == {"recipe": "rexnet", "preset": "performance", "subset_size": None, "fast_bias_correction": True,
-                    "max_drop": None}
+                    "max_drop": None, "qad_steps": None}
+    opts = backends.validate(info, backends.load_module(info, for_build=True),
+                             BuildSpec(backend="openvino", precision="int8", device="cpu"), {"qad_steps": 7})
+    assert opts["recipe"] == "qad" and opts["qad_steps"] == 7  # --qad-steps implies the qad recipe
 
 
 def test_backend_validate_has_one_call_site():

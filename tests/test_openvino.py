@@ -156,7 +156,18 @@ def _build_args(tmp_path, *extra: str) -> list[str]:
     (lambda t, c: ["--int8", "--calib", str(c), "--max-drop", "1.5"], ["--max-drop"]),
     (lambda t, c: ["--preset", "mixed"], ["--preset only apply to --int8 builds"]),
     (lambda t, c: ["--device", "cuda"], ["builds CPU engines"]),
-])
+    (lambda t, c: ["--qad-steps", "10"], ["--qad-steps only apply to --int8 builds"]),
+    (lambda t, c: ["--int8", "--calib", str(c), "--qad-steps", "-1"], ["--qad-steps must be between 0 and"]),
+    (lambda t, c: ["--int8", "--calib", str(c), "--qad-steps", "1000000"], ["--qad-steps must be between 0 and"]),
+    (lambda t, c: ["--int8", "--calib", str(c), "--qad-steps", "lots"], ["--qad-steps"]),
+    (lambda t, c: ["--int8", "--calib", str(c), "--qad-steps", "5", "--recipe", "rexnet"],
+     ["--qad-steps is for --recipe qad, not --recipe rexnet"]),
+    (lambda t, c: ["--int8", "--calib", str(c), "--recipe", "qad", "--max-drop", "0.01"],
+     ["does not combine with --recipe qad"]),
+    (lambda t, c: ["--int8", "--calib", str(c), "--recipe", "best"], ["--recipe"]),
+], ids=["int8-no-calib", "calib-not-int8", "calib-empty", "calib-missing", "max-drop-range", "preset-not-int8",
+        "device-cuda", "qad-not-int8", "qad-negative", "qad-absurd", "qad-not-int", "qad-other-recipe",
+        "qad-max-drop", "recipe-unknown"])
 def test_bad_build_options_fail_fast(tmp_path, calib_dir, make_args, fragments):
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -52,8 +52,11 @@ class BackendInfo:
 
 # OpenVINO INT8 (NNCF); the recipes themselves are in openvino_int8.RECIPES, keyed by these choices
 _OPENVINO_OPTIONS = (
-    Option("recipe", "str", "'rexnet' (7-bit weights on every layer, measured best here) or NNCF's plain defaults.",
-           default="rexnet", precisions=("int8",), choices=("rexnet", "nncf")),
+    Option("recipe", "str", "'qad' (quantization-aware distillation: best fidelity, minutes), 'rexnet' "
+           "(post-training, 7-bit weights on every layer) or NNCF's plain defaults.",
+           precisions=("int8",), choices=("qad", "rexnet", "nncf"), default_text="rexnet; qad with --qad-steps"),
+    Option("qad_steps", "int", "distillation steps of --recipe qad (implies it; 0 = its PTQ alone).",
+           precisions=("int8",), default_text="100"),
     Option("preset", "str", "NNCF preset.", default="performance", precisions=("int8",),
            choices=("performance", "mixed")),
     Option("subset_size", "int", "images NNCF collects statistics on.", precisions=("int8",),
@@ -63,7 +66,12 @@ _OPENVINO_OPTIONS = (
     Option("max_drop", "float", "accuracy control; revert layers until top-1 agreement drops at most this much "
            "(e.g. 0.01).", precisions=("int8",)),
 )
+# the Q/DQ graph's INT8 by quantization-aware distillation (TensorRT and ONNX Runtime share it)
+_QAD_QDQ = Option("qad_steps", "int", "INT8 by quantization-aware distillation (ModelOpt PyTorch PTQ, then N steps "
+                  "toward the FP32 logits on augmented calibration photos) instead of post-training ranges.",
+                  precisions=("int8",))
 _TENSORRT_OPTIONS = (
+    _QAD_QDQ,
     Option("calib_method", "str", "ModelOpt calibration.", default="entropy", precisions=("int8",),
            choices=("entropy", "max")),
     Option("exclude", "str", "keep these op types (Gemm) or node-name regexes (features\\.0/) in FP32; repeatable.",
@@ -111,7 +119,8 @@ BACKENDS: dict[str, BackendInfo] = {
         build_imports=("torch", "timm"),
         extra_build_imports=("onnx",),
         summary="ONNX graph on ONNX Runtime CPU; FP16 (ModelOpt autocast); INT8 as QDQ with uint8 activations "
-                "(the CPU-fast format); no torch at runtime",
+                "(the CPU-fast format) or, with --qad-steps, the distilled int8 Q/DQ graph; no torch at runtime",
+        options=(_QAD_QDQ,),
     ),
     "tensorrt": BackendInfo(
         name="tensorrt",

@@ -36,13 +36,24 @@ PAYLOAD = "model.onnx"
 
 
 def validate(spec: BuildSpec, options: dict[str, Any]) -> dict[str, Any]:
-    """CPU engines; FP16 needs ModelOpt (the registry's table already refused any option: there are none)."""
+    """CPU engines; FP16 and the distilled INT8 graph need ModelOpt; --qad-steps only for INT8."""
+    from . import get
+    from .base import outside_precision, with_defaults
+
     if spec.device != "cpu":
         raise UsageError(f"the onnxruntime backend builds CPU engines; --device {spec.device} is not supported")
-    if spec.precision == "fp16" and importlib.util.find_spec("modelopt") is None:
-        raise BackendUnavailable("onnxruntime fp16 graphs are made by ModelOpt, which is not installed: "
+    wrong = outside_precision(get("onnxruntime").options, spec.precision, options)
+    if wrong:
+        raise UsageError(f"{wrong[0]} is for --int8 builds")
+    opts = with_defaults(get("onnxruntime").options, options)
+    if (spec.precision == "fp16" or opts["qad_steps"] is not None) and importlib.util.find_spec("modelopt") is None:
+        raise BackendUnavailable(f"onnxruntime {spec.precision} graphs are made by ModelOpt, which is not installed: "
                                  "pip install 'rexnet-deploy[trt]'")
-    return dict(options)
+    if opts["qad_steps"] is not None:
+        from ..qad import QadConfig
+
+        QadConfig(steps=int(opts["qad_steps"]))  # the range check and its message
+    return opts
 
 
 def host_problem(precision: str) -> str | None:
@@ -62,7 +73,11 @@ def build(ref, spec: BuildSpec, writer, log: BuildLog, *, calib=None,
     fp32 = target if spec.precision == "fp32" else target.with_name("fp32.tmp.onnx")
     export = onnx_export.export(ref, fp32, batch=spec.batch)
     config: dict[str, Any] = {"export": export, "graph_optimization": "all", "provider": "CPUExecutionProvider"}
-    if spec.precision == "int8":
+    if spec.precision == "int8" and (options or {}).get("qad_steps") is not None:
+        from .. import qad
+
+        config["quantization"] = qad.qdq_graph(ref, calib, int(options["qad_steps"]), target, log)
+    elif spec.precision == "int8":
         log(f"quantizing with ONNX Runtime on {len(calib)} calibration images (min-max ranges)")
         config["quantization"] = _quantize(fp32, target, calib)
     elif spec.precision == "fp16":

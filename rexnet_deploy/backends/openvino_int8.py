@@ -1,9 +1,12 @@
-"""INT8 for the OpenVINO backend: NNCF post-training quantization on the calibration set.
+"""INT8 for the OpenVINO backend: NNCF quantization on the calibration set.
 
-Two paths:
+Three paths:
 
-* ``nncf.quantize`` with this project's recipe (``recipe="rexnet"``, the default; see RECIPES) or
-  NNCF's own defaults (``recipe="nncf"``);
+* ``recipe="qad"`` (``--qad-steps N``): NNCF post-training quantization of the PyTorch model with
+  the SE gates in FP32, then quantization-aware distillation toward the FP32 model on augmented
+  calibration photos, exported to IR (:mod:`rexnet_deploy.qad`);
+* ``nncf.quantize`` on the IR with this project's PTQ recipe (``recipe="rexnet"``; see RECIPES)
+  or NNCF's own defaults (``recipe="nncf"``);
 * ``--max-drop X``: ``nncf.quantize_with_accuracy_control``, whose metric is the harness's top-1
   agreement with the FP32 model, so NNCF reverts the layers that cost agreement to floating
   point until the drop is at most X. The model is quantized at a static batch-1 shape (a partly
@@ -13,8 +16,6 @@ Two paths:
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import time
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import BuildError, UsageError
+from ..qad import QadConfig, nncf_output
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..log import BuildLog
@@ -44,9 +46,12 @@ class Recipe:
 # uses 7-bit weights everywhere (on a VNNI CPU that costs one bit of weight resolution, no speed).
 # The names are the choices of the registry's ``recipe`` option (tests/test_backend_protocol.py).
 RECIPES: dict[str, Recipe] = {
+    "qad": Recipe("NNCF PyTorch PTQ (SE gates FP32, 7-bit weights) + quantization-aware distillation", "enable"),
     "rexnet": Recipe("NNCF defaults with the overflow fix (7-bit weights) on every layer", "enable"),
     "nncf": Recipe("NNCF's own defaults (overflow fix on the first layer only)", "first_layer_only"),
 }
+DEFAULT_RECIPE = "rexnet"
+QAD_DEFAULT_STEPS = 100  # gains came in the first 50-100 steps and then flattened (README "INT8 fidelity")
 
 
 def validate(opts: dict[str, Any]) -> dict[str, Any]:
@@ -56,7 +61,16 @@ def validate(opts: dict[str, Any]) -> dict[str, Any]:
         raise UsageError(f"--subset-size must be >= 1, got {opts['subset_size']}")
     if opts["max_drop"] is not None and not 0 <= float(opts["max_drop"]) < 1:
         raise UsageError(f"--max-drop is a top-1 agreement drop between 0 and 1, got {opts['max_drop']}")
-    return {**opts, "fast_bias_correction": bool(opts["fast_bias_correction"])}
+    steps = opts.get("qad_steps")
+    recipe = opts["recipe"] or ("qad" if steps is not None else DEFAULT_RECIPE)
+    if recipe == "qad":
+        steps = QAD_DEFAULT_STEPS if steps is None else int(steps)
+        QadConfig(steps=steps)  # range check, one message
+        if opts["max_drop"] is not None:
+            raise UsageError("--max-drop (accuracy control) is a post-training recipe; it does not combine with --recipe qad")
+    elif steps is not None:
+        raise UsageError(f"--qad-steps is for --recipe qad, not --recipe {recipe}")
+    return {**opts, "recipe": recipe, "qad_steps": steps, "fast_bias_correction": bool(opts["fast_bias_correction"])}
 
 
 def quantize(model, ref, calib, opts: dict[str, Any], log: BuildLog) -> tuple[Any, dict[str, Any]]:
@@ -67,6 +81,8 @@ def quantize(model, ref, calib, opts: dict[str, Any], log: BuildLog) -> tuple[An
     import nncf
 
     preset_name, recipe, fast_bc, max_drop = opts["preset"], opts["recipe"], opts["fast_bias_correction"], opts["max_drop"]
+    if recipe == "qad":
+        return _quantize_aware_distilled(model, ref, calib, opts["qad_steps"], log)
     subset_size = opts["subset_size"] or len(calib)
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
@@ -82,7 +98,7 @@ def quantize(model, ref, calib, opts: dict[str, Any], log: BuildLog) -> tuple[An
     c, h, w = ref.data_config.input_size
     dataset = nncf.Dataset(calib.tensors())
     t0 = time.perf_counter()
-    with _nncf_output(log, verbose=max_drop is not None):
+    with nncf_output(log, verbose=max_drop is not None):
         if max_drop is None:
             log(f"quantizing with NNCF on {len(calib)} calibration images (recipe {recipe})")
             quantized = nncf.quantize(model, dataset, advanced_parameters=advanced, **kwargs)
@@ -110,6 +126,25 @@ def quantize(model, ref, calib, opts: dict[str, Any], log: BuildLog) -> tuple[An
     return quantized, record
 
 
+def _quantize_aware_distilled(model, ref, calib, steps: int, log: BuildLog) -> tuple[Any, dict[str, Any]]:
+    """The ``qad`` recipe: quantize and distill the PyTorch model, then convert it to IR."""
+    from .. import qad
+
+    t0 = time.perf_counter()
+    result = qad.quantize_and_distill(ref.module, calib.tensors(), QadConfig(steps=steps), log)
+    quantized = qad.to_openvino(result.model, tuple(ref.data_config.input_size))
+    for out, name in zip(quantized.outputs, ref.output_names):
+        out.get_tensor().set_names({name})
+    quantized.inputs[0].get_tensor().set_names({"input"})
+    record = {"tool": "nncf", "version": result.record["ptq"]["version"], "method": "quantization-aware distillation",
+              "recipe": "qad", **result.record,
+              "fake_quantize_ops": _count(quantized, "FakeQuantize") - _count(model, "FakeQuantize"),
+              "seconds": round(time.perf_counter() - t0, 1)}
+    if record["fake_quantize_ops"] == 0:
+        raise BuildError("NNCF quantized nothing (no FakeQuantize in the result); cannot build an INT8 engine")
+    return quantized, record
+
+
 def _with_accuracy_control(model, calib, max_drop: float, kwargs: dict[str, Any], chw):
     """Accuracy control with top-1 agreement to the FP32 model as the metric (per item, so NNCF
     can rank layers by the items they flip)."""
@@ -131,22 +166,6 @@ def _with_accuracy_control(model, calib, max_drop: float, kwargs: dict[str, Any]
         drop_type=nncf.DropType.ABSOLUTE, **kwargs)
     quantized.reshape({0: [-1, *chw]})
     return quantized
-
-
-@contextlib.contextmanager
-def _nncf_output(log: BuildLog, verbose: bool = False):
-    """NNCF draws its own progress bars and logs through the ``nncf`` logger: show them unless
-    the log is quiet, and pause the log's spinner while they run."""
-    logger = logging.getLogger("nncf")
-    level = logger.level
-    # accuracy control reports its drop and the layers it reverts at INFO: worth showing
-    logger.setLevel(logging.ERROR if log.quiet else (logging.INFO if verbose else logging.WARNING))
-    sink = io.StringIO()
-    try:
-        with log.paused(), (contextlib.redirect_stdout(sink) if log.quiet else contextlib.nullcontext()):
-            yield
-    finally:
-        logger.setLevel(level)
 
 
 def _count(model, op_type: str) -> int:

@@ -56,6 +56,13 @@ def validate(spec: BuildSpec, options: dict[str, Any]) -> dict[str, Any]:
     opts = with_defaults(info.options, options)
     if opts["calib_cache"] is not None and not Path(opts["calib_cache"]).is_file():
         raise UsageError(f"--calib-cache {opts['calib_cache']} does not exist")
+    if opts["qad_steps"] is not None:
+        from ..qad import QadConfig
+
+        QadConfig(steps=int(opts["qad_steps"]))  # the range check and its message
+        if opts["calib_cache"] is not None or opts["exclude"]:
+            raise UsageError("--qad-steps trains on calibration images and quantizes every layer but the SE gates; "
+                             "it does not combine with --calib-cache or --exclude")
     if not 0 <= int(opts["opt_level"]) <= 5:
         raise UsageError(f"--opt-level must be 0..5 (TensorRT's builder optimization level), got {opts['opt_level']}")
     if int(opts["workspace_mib"]) < 1:
@@ -81,6 +88,11 @@ def build(ref, spec: BuildSpec, writer, log: BuildLog, *, calib=None,
     if spec.precision == "fp16":
         log("converting the graph to FP16 (ModelOpt autocast, FP32 input/output)")
         config["precision_pass"] = modelopt_passes.to_fp16(fp32, graph)
+    elif spec.precision == "int8" and opts["qad_steps"] is not None:
+        from .. import qad
+
+        # (no calib.cache: the distilled weights are part of the graph; ranges alone cannot rebuild it)
+        config["precision_pass"] = qad.qdq_graph(ref, calib, int(opts["qad_steps"]), graph, log)
     elif spec.precision == "int8":
         cache, method = opts["calib_cache"], opts["calib_method"]
         source = f"the calibration cache {cache}" if calib is None else f"{len(calib)} calibration images"

@@ -17,6 +17,7 @@ from ..preprocess import preprocess_batch
 from ..synthetic import synthetic_images
 from .labelsets import has_wnid_folders, labels_for, read_labels_csv
 from .metrics import Comparison, evaluate_gate, gate_thresholds
+from .report import summary
 
 Reference = Callable[[np.ndarray], list]
 
@@ -120,6 +121,8 @@ def check(
 
     metrics = comparison.metrics()
     thresholds = gate_thresholds(engine.precision, gate)
+    from ..cpu import isa_class
+
     return {
         "kind": "check",
         "engine": {"backend": engine.backend, "precision": engine.precision,
@@ -134,6 +137,8 @@ def check(
         "metrics": metrics,
         "labelled": comparison.labelled_accuracy(),
         "gate": evaluate_gate(metrics, thresholds),
+        # an INT8 engine's fidelity depends on the CPU's int8 dot-product path (int16 saturation without VNNI)
+        "host": {"cpu_isa": isa_class()},
         "seconds": round(time.perf_counter() - t0, 2),
     }
 
@@ -146,7 +151,11 @@ def check_artifact(engine_path: str | os.PathLike, *, engine_options: dict[str, 
     from .report import store_report
 
     with Engine.load(engine_path, **(engine_options or {})) as engine:
+        stored = engine.manifest.get("reports") or {}
         report = check(engine, **options)
+        # the figures the artifact already holds (the build's held-out check, its evaluation set), so a
+        # reader sees this run's images next to them: in-distribution agreement reads high
+        report["stored"] = {k: summary(stored[k]) for k in ("check", "eval") if stored.get(k)}
         if save_report:
             store_report(engine, "check", report, warn)
     return report

@@ -60,10 +60,17 @@ class _OutputStats:
         }
 
 
+DECISIVE_MARGIN = 0.1  # reference top-1 minus top-2 logit
+
+
 class Comparison:
     """Accumulates engine-vs-reference agreement (and labelled accuracy) over batches.
 
     top-5 agreement: the reference's top-1 class is among the engine's top 5.
+    decisive agreement: top-1 agreement on the images whose reference top-1/top-2 logit margin
+    exceeds DECISIVE_MARGIN (on unseen classes near-ties dominate the disagreement; these are
+    the images where a flip is a real error). top-2 containment: the reference's top-1 is
+    among the engine's top 2.
     """
 
     def __init__(self, output_names: Sequence[str], classify: bool):
@@ -72,7 +79,10 @@ class Comparison:
         self.stats = {name: _OutputStats() for name in self.output_names}
         self.n = 0
         self.top1_hits = 0
+        self.top2_hits = 0
         self.top5_hits = 0
+        self.decisive_n = 0
+        self.decisive_hits = 0
         self.labelled = {"n": 0, "engine_top1": 0, "engine_top5": 0, "reference_top1": 0, "reference_top5": 0}
 
     def update(self, ref: Sequence[np.ndarray], eng: Sequence[np.ndarray], labels: np.ndarray | None = None) -> None:
@@ -85,7 +95,13 @@ class Comparison:
             r, e = ref[0], eng[0]
             ref_top1 = r.argmax(axis=1)
             eng_top5 = _topk(e, 5)
-            self.top1_hits += int((eng_top5[:, 0] == ref_top1).sum())
+            hit = eng_top5[:, 0] == ref_top1
+            self.top1_hits += int(hit.sum())
+            self.top2_hits += int((eng_top5[:, :2] == ref_top1[:, None]).any(axis=1).sum())
+            top2 = np.sort(np.partition(r, -2, axis=1)[:, -2:], axis=1) if r.shape[1] > 1 else None
+            decisive = (top2[:, 1] - top2[:, 0] > DECISIVE_MARGIN) if top2 is not None else np.ones(len(r), bool)
+            self.decisive_n += int(decisive.sum())
+            self.decisive_hits += int(hit[decisive].sum())
             self.top5_hits += int((eng_top5 == ref_top1[:, None]).any(axis=1).sum())
             if labels is not None:
                 known = labels >= 0
@@ -109,6 +125,9 @@ class Comparison:
         metrics: dict[str, Any] = {
             "top1_agreement": self.top1_hits / self.n if self.classify and self.n else None,
             "top5_agreement": self.top5_hits / self.n if self.classify and self.n else None,
+            "top2_containment": self.top2_hits / self.n if self.classify and self.n else None,
+            "top1_agreement_decisive": self.decisive_hits / self.decisive_n if self.classify and self.decisive_n else None,
+            "decisive_images": self.decisive_n if self.classify else None,
             **worst,
         }
         if len(per_output) > 1:

@@ -24,6 +24,18 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
+SUMMARY_KEYS = ("top1_agreement", "top1_agreement_decisive", "top2_containment", "cosine_mean", "cosine_min", "sqnr_db")
+
+
+def summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The fidelity figures of a check report, with where its images came from."""
+    src = report["images"]
+    return {"images": src.get("path") or src["kind"], "n": report["n_images"],
+            **{k: report["metrics"].get(k) for k in SUMMARY_KEYS},
+            "labelled_top1": (report.get("labelled") or {}).get("engine_top1"),
+            "cpu_isa": (report.get("host") or {}).get("cpu_isa")}
+
+
 def check_markdown(report: dict[str, Any]) -> str:
     m = report["metrics"]
     src = report["images"]
@@ -31,12 +43,14 @@ def check_markdown(report: dict[str, Any]) -> str:
     lines = [
         f"### check: {report['model']} {report['engine']['backend']}/{report['engine']['precision']} vs FP32 reference"
         + (f" (the engine's graph emulated on {report['engine']['emulation']})" if report["engine"].get("emulation") else ""),
-        f"{report['n_images']} images from {where}" + (f", {len(report['skipped'])} skipped" if report["skipped"] else ""),
+        f"{report['n_images']} images from {where}" + (f", {len(report['skipped'])} skipped" if report["skipped"] else "")
+        + (f"; CPU {report['host']['cpu_isa']}" if report.get("host") else ""),
         "",
         "| metric | value |",
         "|---|---|",
     ]
-    for key in ("top1_agreement", "top5_agreement", "cosine_mean", "cosine_min", "sqnr_db", "max_abs_err"):
+    for key in ("top1_agreement", "top1_agreement_decisive", "top2_containment", "top5_agreement", "cosine_mean",
+                "cosine_min", "sqnr_db", "max_abs_err"):
         if m.get(key) is not None or key == "sqnr_db":
             value = m.get(key)
             if key == "sqnr_db" and value is None:
@@ -50,6 +64,32 @@ def check_markdown(report: dict[str, Any]) -> str:
                   f"| reference | {lab['reference_top1']:.4f} | {lab['reference_top5']:.4f} |"]
     gate = report["gate"]
     lines += ["", "gate: " + ("**passed**" if gate["passed"] else "**FAILED**: " + "; ".join(gate["failures"]))]
+    if report.get("stored"):
+        lines += ["", fidelity_markdown({**{f"stored {k}": v for k, v in report["stored"].items()},
+                                         "this check": summary(report)})]
+    return "\n".join(lines)
+
+
+def _qad_line(q: dict[str, Any]) -> str:
+    """One line on a quantization-aware-distillation record (OpenVINO IR or Q/DQ graph)."""
+    d = q.get("distillation") or {}
+    curve = d.get("loss_curve_every_10_steps") or []
+    ops = q.get("fake_quantize_ops", q.get("quantize_linear_nodes"))
+    return (f"{q['tool']} {q['version']} {q['method']} (recipe qad): PyTorch PTQ on {q['ptq']['images']} images, "
+            f"{len(q['ptq']['ignored_patterns'])} ignored pattern(s); "
+            + (f"{d['steps']} distillation steps, KL {curve[0]} → {curve[-1]}, {d['seconds']} s" if curve else "no distillation")
+            + f"; {ops} quantize ops")
+
+
+def fidelity_markdown(rows: dict[str, dict[str, Any]]) -> str:
+    """One row per image set (held-out calibration photos, unseen evaluation photos, ...): the
+    figures side by side, because agreement on in-distribution photos reads high."""
+    lines = ["| figures | images | n | top-1 agr. | decisive | top-2 cont. | mean cos | min cos | SQNR dB | labelled top-1 |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in rows.items():
+        lines.append(f"| {name} | {r['images']} | {r['n']} | {_fmt(r['top1_agreement'])} | "
+                     f"{_fmt(r['top1_agreement_decisive'])} | {_fmt(r['top2_containment'])} | {_fmt(r['cosine_mean'], 6)} | "
+                     f"{_fmt(r['cosine_min'], 6)} | {_fmt(r['sqnr_db'], 2)} | {_fmt(r['labelled_top1'])} |")
     return "\n".join(lines)
 
 
@@ -115,6 +155,8 @@ def info_markdown(manifest: dict[str, Any], path: str) -> str:
     if q and "recipe" not in q:  # ONNX Runtime's own INT8
         lines.append(f"- quantization: {q['tool']} {q.get('format', '')}, {q.get('activations', '')} activations, "
                      f"{q.get('weights', '')} weights, {q.get('calib_method', '')} ranges")
+    elif q and q["recipe"] == "qad":
+        lines.append("- quantization: " + _qad_line(q))
     elif q:
         scope = q.get("ignored_scope") or {}
         kept = sum(len(v) for v in scope.values()) if scope else 0
@@ -123,7 +165,9 @@ def info_markdown(manifest: dict[str, Any], path: str) -> str:
                      f"{kept} ignored-scope entries"
                      + (f", max drop {q['max_drop']}" if q.get("max_drop") is not None else ""))
     p = config.get("precision_pass")
-    if p:
+    if p and p.get("recipe") == "qad":
+        lines.append("- precision pass: " + _qad_line(p))
+    elif p:
         detail = (f"{p['calib_method']} calibration from {p['calib_source']}, {p['convs_quantized']} convs quantized, "
                   f"{len(p['convs_kept_fp32'])} kept FP32, exclude {p['exclude'] or 'nothing'}"
                   if "calib_method" in p else f"{len(p.get('nodes_kept_fp32', []))} nodes kept FP32")

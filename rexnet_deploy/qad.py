@@ -1,0 +1,345 @@
+"""INT8 by quantization-aware distillation (QAD), on the CPU, from unlabelled calibration photos.
+
+The recipe (``--recipe qad`` / ``--qad-steps N``):
+
+1. **Post-training quantization in PyTorch**: symmetric int8, per-channel weights, per-tensor
+   activations, ranges from the calibration sample; the squeeze-excitation gates stay in FP32
+   (OpenVINO's own NNCF backend leaves those convolutions in f32 too; the PyTorch quantizers
+   quantize them unless told, and they cost agreement). Two quantizers, one per target format:
+   NNCF (``quantizer="nncf"``) for OpenVINO IR, and NVIDIA ModelOpt (``"modelopt"``, BatchNorm
+   folded into the convolutions first, as TensorRT's Q/DQ fusions need) for Q/DQ ONNX.
+2. **Distillation**: the fake-quantized model is fine-tuned so that its logits match the FP32
+   model's on augmented views (random resized crops, flips) of the calibration photos: KL
+   divergence at temperature 2, Adam on the weights *and* the quantizers' scales (straight-through
+   rounding), the model kept in eval mode so BatchNorm statistics stay frozen. No labels are
+   used: the FP32 model is the teacher, which is what "agrees with FP32" asks for.
+3. **Export**: NNCF: ``nncf.strip`` to plain fake-quantize ops, then ``openvino.convert_model``
+   (the IR, whose FakeQuantize ops the CPU plugin runs as int8). ModelOpt: ``torch.onnx.export``
+   of its quantizers as QuantizeLinear/DequantizeLinear pairs (symmetric int8, zero-point 0),
+   the explicit-quantization graph TensorRT compiles and ONNX Runtime runs.
+
+Only builds import this module's heavy parts (torch, NNCF + torchao, ModelOpt); engines never do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+import numpy as np
+
+from .errors import BuildError, UsageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from .log import BuildLog
+
+MAX_STEPS = 5000  # ~2 h on 2 cores: anything above is a typo, not a plan
+SE_PATTERNS = (".*/se/.*",)  # NNCF PyTorch node names of ReXNet's squeeze-excitation blocks
+# NNCF compiles its CPU fake-quantize kernels on first use (about a minute on 2 cores, several when the
+# machine is busy); NNCF's own 60 s limit then fails the build, so allow more unless the user chose.
+EXTENSION_TIMEOUT_S = "900"
+
+
+@dataclass(frozen=True)
+class QadConfig:
+    steps: int = 100
+    lr: float = 5e-5
+    batch: int = 16
+    temperature: float = 2.0
+    seed: int = 0
+    overflow_fix: str = "enable"          # NNCF OverflowFix: 7-bit weights, safe on CPUs without VNNI
+    signed_activations: bool = False       # TensorRT wants signed int8 activations everywhere
+    ignored_patterns: tuple[str, ...] = SE_PATTERNS
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.steps <= MAX_STEPS:
+            raise UsageError(f"--qad-steps must be between 0 and {MAX_STEPS}, got {self.steps}")
+        if not self.lr > 0 or not self.batch >= 1 or not self.temperature > 0:
+            raise UsageError("QAD needs lr > 0, batch >= 1 and temperature > 0")
+
+
+@dataclass
+class QadResult:
+    model: Any                             # the fake-quantized torch module (NNCF or ModelOpt), fine-tuned
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+QUANTIZERS = ("nncf", "modelopt")
+
+
+def quantize_and_distill(teacher: "torch.nn.Module", tensors: Sequence[np.ndarray], config: QadConfig,
+                         log: "BuildLog", *, quantizer: str = "nncf") -> QadResult:
+    """Steps 1 and 2: PTQ in PyTorch on ``tensors`` (preprocessed calibration images, CHW float32),
+    then ``config.steps`` distillation steps against ``teacher`` (the FP32 model, unchanged)."""
+    import torch
+
+    teacher = teacher.eval()
+    x = torch.from_numpy(np.concatenate([np.asarray(t, np.float32).reshape(-1, *np.shape(t)[-3:]) for t in tensors]))
+    t0 = time.perf_counter()
+    log(f"quantizing in PyTorch with {quantizer} on {len(x)} calibration images (SE gates kept FP32)")
+    student, ptq = (_nncf_ptq if quantizer == "nncf" else _modelopt_ptq)(teacher, x, config, log)
+    record: dict[str, Any] = {
+        "ptq": {**ptq, "images": len(x), "ignored_patterns": list(config.ignored_patterns),
+                "seconds": round(time.perf_counter() - t0, 1)},
+        "config": asdict(config),
+    }
+    record["distillation"] = distill(student, teacher, x, config, log) if config.steps else None
+    return QadResult(student, record)
+
+
+def _nncf_ptq(teacher, x, config: QadConfig, log: "BuildLog"):
+    nncf = _import_nncf()
+    from nncf.quantization.advanced_parameters import (AdvancedQuantizationParameters, OverflowFix,
+                                                       QuantizationParameters)
+
+    chunks = [x[i:i + 25] for i in range(0, len(x), 25)]  # batched: NNCF's per-item hooks cost ~0.3 s/call
+    advanced = AdvancedQuantizationParameters(
+        overflow_fix=OverflowFix(config.overflow_fix),
+        activations_quantization_params=QuantizationParameters(signedness_to_force=True)
+        if config.signed_activations else None)
+    with nncf_output(log):
+        student = nncf.quantize(copy.deepcopy(teacher), nncf.Dataset(chunks), subset_size=len(x),
+                                ignored_scope=nncf.IgnoredScope(patterns=list(config.ignored_patterns), validate=False),
+                                advanced_parameters=advanced)
+    return student, {"tool": "nncf (PyTorch)", "version": nncf.__version__, "overflow_fix": config.overflow_fix,
+                     "signed_activations": config.signed_activations}
+
+
+# ModelOpt names its quantizers after module paths (features.3.se.fc1.input_quantizer)
+MODELOPT_SE_PATTERN = "*se.*"
+
+
+def _modelopt_ptq(teacher, x, config: QadConfig, log: "BuildLog"):
+    import torch
+
+    mtq = _import_modelopt()
+    student = fold_batchnorm(copy.deepcopy(teacher)).eval()
+    cfg = copy.deepcopy(mtq.INT8_DEFAULT_CFG)  # int8, per-channel weights (axis 0), per-tensor activations, max
+    if config.ignored_patterns:
+        cfg["quant_cfg"].append({"quantizer_name": MODELOPT_SE_PATTERN, "enable": False})
+
+    def forward_loop(model) -> None:
+        with torch.no_grad():
+            for i in range(0, len(x), 25):
+                model(x[i:i + 25])
+
+    with _quiet_stdout(log):
+        student = mtq.quantize(student, cfg, forward_loop=forward_loop)
+    import modelopt
+
+    return student, {"tool": "modelopt (PyTorch)", "version": modelopt.__version__, "calibration": "max",
+                     "batchnorm": "folded into the convolutions", "signed_activations": True}
+
+
+def fold_batchnorm(model: "torch.nn.Module") -> "torch.nn.Module":
+    """Fold every BatchNorm into the convolution before it (timm's ConvNormAct keeps its activation;
+    the SE block's BatchNorm folds into fc1): quantized weights must be the ones the engine
+    multiplies with, and TensorRT cannot fold a BatchNorm into an already quantized convolution."""
+    import torch
+    from timm.layers import ConvNormAct
+    from timm.models.rexnet import SEModule
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    for mod in model.modules():
+        if isinstance(mod, ConvNormAct):
+            bn = mod.bn
+            mod.conv = fuse_conv_bn_eval(mod.conv, bn)
+            mod.bn = torch.nn.Sequential(getattr(bn, "drop", torch.nn.Identity()), getattr(bn, "act", torch.nn.Identity()))
+        elif isinstance(mod, SEModule) and isinstance(mod.bn, torch.nn.BatchNorm2d):
+            mod.fc1 = fuse_conv_bn_eval(mod.fc1, mod.bn)
+            mod.bn = torch.nn.Identity()
+    return model
+
+
+def distill(student: "torch.nn.Module", teacher: "torch.nn.Module", x: "torch.Tensor", config: QadConfig,
+            log: "BuildLog") -> dict[str, Any]:
+    """Fine-tune ``student`` (fake-quantized) toward ``teacher``'s logits on augmented views of
+    ``x``; returns steps, the loss curve (mean per 10 steps) and the time."""
+    import torch
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(config.seed)
+    student.eval()  # BatchNorm statistics stay those of the FP32 model
+    # quantizers also hold integer parameters (bit widths, signedness): train floating-point ones only
+    params = [p for p in student.parameters() if p.is_floating_point()]
+    for p in student.parameters():
+        p.requires_grad_(p.is_floating_point())
+    optimizer = torch.optim.Adam(params, lr=config.lr)
+    t = config.temperature
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    for step in range(1, config.steps + 1):
+        idx = torch.randperm(len(x), generator=gen)[:config.batch]
+        views = augment(x[idx], gen)
+        with torch.no_grad():
+            target = F.log_softmax(teacher(views) / t, dim=1)
+        loss = F.kl_div(F.log_softmax(student(views) / t, dim=1), target, log_target=True,
+                        reduction="batchmean") * t * t
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        log.progress("quantization-aware distillation", step, config.steps)
+        if not np.isfinite(losses[-1]):
+            raise BuildError(f"distillation diverged at step {step} (loss {losses[-1]}); try a smaller lr")
+    for p in student.parameters():
+        p.requires_grad_(False)
+    curve = [round(float(np.mean(losses[i:i + 10])), 5) for i in range(0, len(losses), 10)]
+    seconds = time.perf_counter() - t0
+    log(f"distilled {config.steps} steps in {seconds:.0f} s (KL {curve[0]:.4f} → {curve[-1]:.4f})")
+    return {"steps": config.steps, "lr": config.lr, "batch": config.batch, "temperature": t, "loss": "kl",
+            "loss_curve_every_10_steps": curve, "seconds": round(seconds, 1),
+            "data": "augmented calibration images (random resized crop 0.35-1, flip); no labels"}
+
+
+def augment(x: "torch.Tensor", gen: "torch.Generator") -> "torch.Tensor":
+    """Random resized crops (area 0.35–1, aspect 3/4–4/3) back to the input size, half of them
+    flipped: new views of the calibration photos in the already normalised tensor space."""
+    import torch
+    import torch.nn.functional as F
+
+    n, _, h, w = x.shape
+    out = torch.empty_like(x)
+    u = torch.rand(n, 5, generator=gen).numpy()
+    for i in range(n):
+        area = 0.35 + 0.65 * u[i, 0]
+        ratio = float(np.exp(np.log(3 / 4) + u[i, 1] * np.log(16 / 9)))
+        ch = min(h, max(8, int(round(h * np.sqrt(area / ratio)))))
+        cw = min(w, max(8, int(round(w * np.sqrt(area * ratio)))))
+        top = int(u[i, 2] * (h - ch + 1))
+        left = int(u[i, 3] * (w - cw + 1))
+        view = F.interpolate(x[i:i + 1, :, top:top + ch, left:left + cw], size=(h, w), mode="bilinear",
+                             align_corners=False)
+        out[i] = view[0].flip(-1) if u[i, 4] < 0.5 else view[0]
+    return out
+
+
+def strip(student: "torch.nn.Module", chw: tuple[int, int, int]) -> "torch.nn.Module":
+    """The fine-tuned model with plain fake-quantize ops (what OpenVINO and the ONNX exporter read)."""
+    import torch
+
+    nncf = _import_nncf()
+    return nncf.strip(student, do_copy=True, strip_format=nncf.StripFormat.NATIVE,
+                      example_input=torch.zeros(1, *chw)).eval()
+
+
+def to_openvino(student: "torch.nn.Module", chw: tuple[int, int, int]):
+    """An OpenVINO model (dynamic batch) whose FakeQuantize ops carry the distilled ranges."""
+    import openvino as ov
+    import torch
+
+    with torch.no_grad(), _no_warnings():
+        return ov.convert_model(strip(student, chw), example_input=torch.zeros(1, *chw),
+                                input=[ov.PartialShape([-1, *chw])])
+
+
+def to_onnx(student: "torch.nn.Module", path, chw: tuple[int, int, int], output_names: Sequence[str]) -> None:
+    """A Q/DQ ONNX graph (opset 17, dynamic batch) of a ModelOpt student, its constants stored as
+    initializers (where TensorRT's and our Q/DQ checks read scales and zero-points)."""
+    import onnx
+    import torch
+
+    with torch.no_grad(), _no_warnings():
+        torch.onnx.export(student, torch.zeros(1, *chw), str(path), input_names=["input"],
+                          output_names=list(output_names), opset_version=17, dynamo=False,
+                          dynamic_axes={"input": {0: "batch"}, **{n: {0: "batch"} for n in output_names}})
+    model = onnx.load(str(path))
+    constants_to_initializers(model.graph)
+    onnx.save(model, str(path))
+
+
+def qdq_graph(ref, calib, steps: int, path, log: "BuildLog") -> dict[str, Any]:
+    """The ``qad`` recipe for Q/DQ graphs (TensorRT, ONNX Runtime): ModelOpt PTQ + distillation,
+    exported to ``path``, pruned and held to TensorRT's Q/DQ rules. Returns the manifest record."""
+    import onnx
+
+    from .modelopt_passes import trt_rule_violations
+    from .onnx_export import prune_file
+
+    result = quantize_and_distill(ref.module, calib.tensors(), QadConfig(steps=steps), log, quantizer="modelopt")
+    to_onnx(result.model, path, tuple(ref.data_config.input_size), ref.output_names)
+    prune_file(path)
+    graph = onnx.load(str(path))
+    problems = trt_rule_violations(graph)
+    if problems:
+        raise BuildError(f"the distilled Q/DQ graph breaks TensorRT's rules: {problems[0]} ({len(problems)} in all)")
+    return {"tool": "modelopt", "version": result.record["ptq"]["version"], "method": "quantization-aware distillation",
+            "recipe": "qad", **result.record,
+            "quantize_linear_nodes": sum(n.op_type == "QuantizeLinear" for n in graph.graph.node)}
+
+
+def constants_to_initializers(graph) -> int:
+    """Turn ``Constant`` nodes into initializers (the exporter writes scales and zero-points as
+    Constant nodes); returns how many were moved."""
+    moved = [n for n in graph.node if n.op_type == "Constant" and len(n.attribute) == 1 and n.attribute[0].name == "value"]
+    for node in moved:
+        tensor = node.attribute[0].t
+        tensor.name = node.output[0]
+        graph.initializer.append(tensor)
+        graph.node.remove(node)
+    return len(moved)
+
+
+def _import_modelopt():
+    for name in ("torch.utils.cpp_extension", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        import modelopt.torch.quantization as mtq
+    except ImportError as exc:
+        raise UsageError(f"the qad recipe for Q/DQ graphs needs ModelOpt's PyTorch quantization ({exc.name} is "
+                         "missing): pip install 'rexnet-deploy[trt]'") from None
+    return mtq
+
+
+@contextlib.contextmanager
+def _quiet_stdout(log: "BuildLog") -> Iterator[None]:
+    """ModelOpt prints what it inserted; keep it for a verbose build only."""
+    with log.paused(), (contextlib.redirect_stdout(io.StringIO()) if log.quiet else contextlib.nullcontext()):
+        yield
+
+
+def _import_nncf():
+    os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", EXTENSION_TIMEOUT_S)
+    # torch's notices about NNCF/torchao internals (no CUDA runtime, Enum registration), not the user's build
+    for name in ("torch.utils.cpp_extension", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        import nncf
+        import nncf.torch  # noqa: F401  (the PyTorch backend)
+        import torchao  # noqa: F401  (nncf.strip of a PyTorch model needs it)
+    except ImportError as exc:
+        raise UsageError(f"the qad recipe needs {exc.name}, which is not installed: "
+                         "pip install 'rexnet-deploy[openvino]'") from None
+    return nncf
+
+
+@contextlib.contextmanager
+def nncf_output(log: "BuildLog", verbose: bool = False) -> Iterator[None]:
+    """NNCF draws its own progress bars and logs through the ``nncf`` logger: show them unless
+    the log is quiet, and pause the log's spinner while they run."""
+    logger = logging.getLogger("nncf")
+    level = logger.level
+    # accuracy control reports its drop and the layers it reverts at INFO: worth showing
+    logger.setLevel(logging.ERROR if log.quiet else (logging.INFO if verbose else logging.WARNING))
+    try:
+        with log.paused(), (contextlib.redirect_stdout(io.StringIO()) if log.quiet else contextlib.nullcontext()):
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def _no_warnings() -> Iterator[None]:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about our model, not the user's input
+        yield

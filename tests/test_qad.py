@@ -1,0 +1,105 @@
+"""Quantization-aware distillation (rexnet_deploy.qad): the augmentation, the distillation loop on a
+small real NNCF-quantized network, and an OpenVINO INT8 build with --recipe qad on the real libraries."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rexnet_deploy import Engine
+from rexnet_deploy.errors import UsageError
+from rexnet_deploy.log import BuildLog
+from rexnet_deploy.qad import MAX_STEPS, QadConfig
+
+from .conftest import build_artifact
+
+torch = pytest.importorskip("torch")
+
+
+def test_config_refuses_out_of_range_steps():
+    for steps in (-1, MAX_STEPS + 1):
+        with pytest.raises(UsageError, match="--qad-steps must be between 0 and"):
+            QadConfig(steps=steps)
+    assert QadConfig(steps=0).steps == 0
+
+
+def test_augment_makes_seeded_views_of_the_same_shape():
+    from rexnet_deploy.qad import augment
+
+    x = torch.randn(4, 3, 32, 32)
+    a = augment(x, torch.Generator().manual_seed(1))
+    b = augment(x, torch.Generator().manual_seed(1))
+    c = augment(x, torch.Generator().manual_seed(2))
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, c)
+    assert not torch.equal(a, x)  # crops and flips, not the input
+
+
+class _Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(16, 16, 3, padding=1),
+            torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+        self.fc = torch.nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.fc(self.features(x))
+
+
+@pytest.mark.slow
+def test_distillation_pulls_the_quantized_model_toward_the_teacher():
+    """NNCF 4-bit weights make a large, learnable error; distillation must shrink it on inputs it
+    did not train on (the loop, the trainable parameters and the straight-through gradients)."""
+    nncf = pytest.importorskip("nncf")
+    pytest.importorskip("nncf.torch")
+    from rexnet_deploy.qad import distill
+
+    torch.manual_seed(0)
+    teacher = _Tiny().eval()
+    x = torch.randn(64, 3, 32, 32)
+    held_out = torch.randn(32, 3, 32, 32)
+    student = nncf.quantize(_Tiny().eval(), nncf.Dataset([x[:32], x[32:]]), subset_size=64)
+    student.load_state_dict({**student.state_dict(), **{k: v for k, v in teacher.state_dict().items()}}, strict=False)
+    # coarse weights: the gap to close is the quantization noise, not an unrelated network
+    from nncf.torch.quantization.layers import BaseQuantizer
+
+    for m in student.modules():
+        if isinstance(m, BaseQuantizer) and m.is_weights:
+            m.num_bits = 4
+
+    def gap() -> float:
+        with torch.no_grad():
+            return float(((student(held_out) - teacher(held_out)) ** 2).mean())
+
+    before = gap()
+    record = distill(student, teacher, x, QadConfig(steps=60, lr=2e-3, batch=16), BuildLog())
+    after = gap()
+    assert record["steps"] == 60 and len(record["loss_curve_every_10_steps"]) == 6
+    assert after < 0.7 * before, (before, after)
+    assert not any(p.requires_grad for p in student.parameters())  # left frozen for export
+
+
+@pytest.fixture(scope="module")
+def ov_qad_path(tmp_path_factory, calib_dir):
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    pytest.importorskip("torchao")
+    return build_artifact(tmp_path_factory, "ov-qad", "openvino", "int8", calib=calib_dir, calib_size=24,
+                          backend_options={"qad_steps": 3}, check_options={"gate": {"top1_agreement": 0.0}})
+
+
+@pytest.mark.slow
+def test_openvino_qad_build_records_recipe_training_and_runs_int8(ov_qad_path):
+    with Engine.load(ov_qad_path) as engine:
+        q = engine.manifest["backend_config"]["quantization"]
+        assert q["recipe"] == "qad" and q["method"] == "quantization-aware distillation"
+        assert q["ptq"]["ignored_patterns"] == [".*/se/.*"] and q["ptq"]["images"] == 24
+        d = q["distillation"]
+        assert d["steps"] == 3 and len(d["loss_curve_every_10_steps"]) == 1 and d["seconds"] > 0
+        assert q["fake_quantize_ops"] > 50  # the network is quantized, not just its edges
+        check = engine.manifest["reports"]["check"]
+        assert check["gate"]["passed"] and check["host"]["cpu_isa"]
+        assert check["metrics"]["cosine_min"] > 0.9
+        x = np.random.default_rng(0).standard_normal((3, 3, 224, 224)).astype(np.float32)
+        out = engine(x)
+        assert out.shape == (3, 1000) and np.isfinite(out).all() and out.std() > 0
