@@ -292,7 +292,11 @@ def _import_modelopt():
     for name in ("torch.utils.cpp_extension", "torch.utils._pytree"):
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
-        import modelopt.torch.quantization as mtq
+        import warnings
+
+        with warnings.catch_warnings():  # it cannot export Hugging Face modules without transformers: none here
+            warnings.filterwarnings("ignore", message="Cannot find transformers")
+            import modelopt.torch.quantization as mtq
     except ImportError as exc:
         raise UsageError(f"the qad recipe for Q/DQ graphs needs ModelOpt's PyTorch quantization ({exc.name} is "
                          "missing): pip install 'rexnet-deploy[trt]'") from None
