@@ -150,7 +150,10 @@ def test_backend_validate_has_one_call_site():
 
 
 @pytest.mark.parametrize("backend,precision,options,message", [
-    ("onnxruntime", "fp32", {"preset": "mixed"}, "the onnxruntime backend takes no build options (--preset)"),
+    ("torchscript", "fp32", {"preset": "mixed"}, "the torchscript backend takes no build options (--preset)"),
+    ("onnxruntime", "fp32", {"preset": "mixed"}, "the onnxruntime backend does not take --preset"),
+    ("onnxruntime", "fp32", {"qad_steps": 5}, "--qad-steps is for --int8 builds"),
+    ("tensorrt", "int8", {"qad_steps": 5, "exclude": ("Gemm",)}, "does not combine with --calib-cache or --exclude"),
     ("tensorrt", "fp16", {"recipe": "rexnet"}, "the tensorrt backend does not take --recipe"),
     ("openvino", "fp32", {"preset": "mixed"}, "--preset only apply to --int8 builds"),
     ("openvino", "int8", {"preset": "fast"}, "--preset must be one of performance, mixed, got 'fast'"),

@@ -177,7 +177,9 @@ def test_one_engine_from_many_threads(ort_fp32_path):
 
 @pytest.mark.parametrize("args, fragment", [
     (["--bf16"], "does not support bf16"),
-    (["--int8", "--calib", "CALIB", "--preset", "mixed"], "takes no build options (--preset)"),
+    (["--int8", "--calib", "CALIB", "--preset", "mixed"], "does not take --preset"),
+    (["--qad-steps", "5"], "--qad-steps is for --int8 builds"),
+    (["--int8", "--calib", "CALIB", "--qad-steps", "-3"], "--qad-steps must be between 0 and"),
     (["--int8"], "--int8 needs calibration images"),
     (["--batch", "8:2"], "batch range"),
 ])
