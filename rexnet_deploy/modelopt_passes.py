@@ -46,7 +46,7 @@ def to_fp16(src: Path, dst: Path) -> dict[str, Any]:
     from modelopt.onnx.autocast import convert_to_mixed_precision
 
     started = time.perf_counter()
-    with _quiet_modelopt():
+    with _quiet_modelopt(), _ort_unpatched_after():
         model = convert_to_mixed_precision(str(src), low_precision_type="fp16", keep_io_types=True,
                                            providers=["cpu"])
     prune(model)  # every graph we store is free of unread nodes and initializers (see onnx_export)
@@ -83,7 +83,7 @@ def quantize_int8(src: Path, dst: Path, *, calib=None, method: str = "entropy", 
         check_cache_matches(cached, graph, cache)
     data = None if calib is None else {"input": np.concatenate(calib.tensors())}
     started = time.perf_counter()
-    with _quiet_modelopt():
+    with _quiet_modelopt(), _ort_unpatched_after():
         # Exact names, anchored: ModelOpt re.match()es each entry against node names.
         quantize(str(src), quantize_mode="int8", calibration_data=data, calibration_method=method,
                  calibration_cache_path=str(cache) if cache is not None else None,
@@ -274,6 +274,26 @@ def _modelopt_version() -> str:
     import modelopt
 
     return modelopt.__version__
+
+
+@contextlib.contextmanager
+def _ort_unpatched_after() -> Iterator[None]:
+    """ModelOpt's ONNX quantization monkeypatches ONNX Runtime's calibrators and quantizers process-wide
+    (``ort_patching.patch_ort_modules``); a later ``quantize_static`` in the same process (the
+    onnxruntime backend after a TensorRT build: matrix, benchmarks) then fails with "Quantization
+    parameters are not specified for param input". Put ONNX Runtime's own functions back."""
+    from onnxruntime.quantization import base_quantizer, calibrate, qdq_quantizer
+
+    owners = [calibrate, calibrate.CalibraterBase, calibrate.MinMaxCalibrater, calibrate.HistogramCalibrater,
+              calibrate.HistogramCollector, qdq_quantizer.QDQQuantizer, base_quantizer.BaseQuantizer]
+    saved = [(owner, dict(vars(owner))) for owner in owners]
+    try:
+        yield
+    finally:
+        for owner, attrs in saved:
+            for name, value in attrs.items():
+                if vars(owner).get(name) is not value:  # what the pass replaced (dunders never are)
+                    setattr(owner, name, value)
 
 
 @contextlib.contextmanager

@@ -372,3 +372,14 @@ def test_cuda_errors_become_one_line_runtime_errors():
         with pytest.raises(RuntimeError, match=r"^cudaError"):
             _trt._cuda(result)
         assert "CUDA" in HOST_PROBLEM or "tensorrt" in HOST_PROBLEM
+
+
+def test_onnxruntime_int8_builds_after_a_modelopt_pass_in_the_same_process(trt_int8, tmp_path_factory, calib_dir):
+    """ModelOpt patches ONNX Runtime's calibrators process-wide while it quantizes; the pass puts
+    them back, so ONNX Runtime's own INT8 (quantize_static) still works afterwards (matrix, benchmarks)."""
+    from onnxruntime.quantization import calibrate
+
+    assert calibrate.MinMaxCalibrater.collect_data.__module__ == "onnxruntime.quantization.calibrate"
+    out = build_artifact(tmp_path_factory, "ort-int8-after-trt", "onnxruntime", "int8", calib=calib_dir, calib_size=24,
+                         check_options={"gate": {"top1_agreement": 0.0}})
+    assert (out / "model.onnx").is_file()
