@@ -106,7 +106,8 @@ def _nncf_ptq(teacher, x, config: QadConfig, log: "BuildLog"):
         activations_quantization_params=QuantizationParameters(signedness_to_force=True)
         if config.signed_activations else None)
     with nncf_output(log):
-        student = nncf.quantize(copy.deepcopy(teacher), nncf.Dataset(chunks), subset_size=len(x),
+        # subset_size counts dataset items, here batches: all of them
+        student = nncf.quantize(copy.deepcopy(teacher), nncf.Dataset(chunks), subset_size=len(chunks),
                                 ignored_scope=nncf.IgnoredScope(patterns=list(config.ignored_patterns), validate=False),
                                 advanced_parameters=advanced)
     return student, {"tool": "nncf (PyTorch)", "version": nncf.__version__, "overflow_fix": config.overflow_fix,
