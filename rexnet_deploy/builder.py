@@ -72,6 +72,7 @@ def build(
             calib_set.load(ref.data_config, progress=log.progress)
             bad = f", {len(calib_set.skipped)} unreadable skipped" if calib_set.skipped else ""
             log(f"calibration set: {len(calib_set)} images from {calib_set.source}{bad}")
+            held_out_check = check_options.get("images") is None
             overlap = _plan_check_images(calib_set, check_options, check_size, log)
         log(f"compiling for {info.name} {spec.precision}")
         part = backend.build(ref, spec, writer, log, calib=calib_set, options=options)
@@ -124,6 +125,8 @@ def build(
                 report = run_check(engine, reference=reference, **check_options)
                 if calib_set is not None and check_options.get("images") is not None:
                     report["images"]["calibration_overlap"] = overlap
+                    if held_out_check:  # say which photos these are: in-distribution ones read high
+                        report["images"]["held_out_of"] = str(calib_set.source)
                 artifact.set_report("check", report)
                 if not report["gate"]["passed"]:
                     raise GateFailed("build gate failed, nothing written: " + "; ".join(report["gate"]["failures"]))

@@ -30,7 +30,8 @@ SUMMARY_KEYS = ("top1_agreement", "top1_agreement_decisive", "top2_containment",
 def summary(report: dict[str, Any]) -> dict[str, Any]:
     """The fidelity figures of a check report, with where its images came from."""
     src = report["images"]
-    return {"images": src.get("path") or src["kind"], "n": report["n_images"],
+    where = src.get("path") or (f"held-out photos of {src['held_out_of']}" if src.get("held_out_of") else src["kind"])
+    return {"images": where, "n": report["n_images"],
             **{k: report["metrics"].get(k) for k in SUMMARY_KEYS},
             "labelled_top1": (report.get("labelled") or {}).get("engine_top1"),
             "cpu_isa": (report.get("host") or {}).get("cpu_isa")}
