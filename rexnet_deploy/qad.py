@@ -10,8 +10,9 @@ The recipe (``--recipe qad`` / ``--qad-steps N``):
    folded into the convolutions first, as TensorRT's Q/DQ fusions need) for Q/DQ ONNX.
 2. **Distillation**: the fake-quantized model is fine-tuned so that its logits match the FP32
    model's on augmented views (random resized crops, flips) of the calibration photos: KL
-   divergence at temperature 2, Adam on the weights *and* the quantizers' scales (straight-through
-   rounding), the model kept in eval mode so BatchNorm statistics stay frozen. No labels are
+   divergence at temperature 2, Adam on every floating-point parameter (straight-through
+   rounding): the weights, and with NNCF the quantizers' scales too (ModelOpt's ranges are fixed
+   buffers), the model kept in eval mode so BatchNorm statistics stay frozen. No labels are
    used: the FP32 model is the teacher, which is what "agrees with FP32" asks for.
 3. **Export**: NNCF: ``nncf.strip`` to plain fake-quantize ops, then ``openvino.convert_model``
    (the IR, whose FakeQuantize ops the CPU plugin runs as int8). ModelOpt: ``torch.onnx.export``
@@ -56,7 +57,6 @@ class QadConfig:
     temperature: float = 2.0
     seed: int = 0
     overflow_fix: str = "enable"          # NNCF OverflowFix: 7-bit weights, safe on CPUs without VNNI
-    signed_activations: bool = False       # TensorRT wants signed int8 activations everywhere
     ignored_patterns: tuple[str, ...] = SE_PATTERNS
 
     def __post_init__(self) -> None:
@@ -81,6 +81,8 @@ def quantize_and_distill(teacher: "torch.nn.Module", tensors: Sequence[np.ndarra
     then ``config.steps`` distillation steps against ``teacher`` (the FP32 model, unchanged)."""
     import torch
 
+    if quantizer not in QUANTIZERS:
+        raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {quantizer!r}")
     teacher = teacher.eval()
     x = torch.from_numpy(np.concatenate([np.asarray(t, np.float32).reshape(-1, *np.shape(t)[-3:]) for t in tensors]))
     t0 = time.perf_counter()
@@ -97,21 +99,16 @@ def quantize_and_distill(teacher: "torch.nn.Module", tensors: Sequence[np.ndarra
 
 def _nncf_ptq(teacher, x, config: QadConfig, log: "BuildLog"):
     nncf = _import_nncf()
-    from nncf.quantization.advanced_parameters import (AdvancedQuantizationParameters, OverflowFix,
-                                                       QuantizationParameters)
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
     chunks = [x[i:i + 25] for i in range(0, len(x), 25)]  # batched: NNCF's per-item hooks cost ~0.3 s/call
-    advanced = AdvancedQuantizationParameters(
-        overflow_fix=OverflowFix(config.overflow_fix),
-        activations_quantization_params=QuantizationParameters(signedness_to_force=True)
-        if config.signed_activations else None)
-    with nncf_output(log):
+    advanced = AdvancedQuantizationParameters(overflow_fix=OverflowFix(config.overflow_fix))
+    with library_output(log):
         # subset_size counts dataset items, here batches: all of them
         student = nncf.quantize(copy.deepcopy(teacher), nncf.Dataset(chunks), subset_size=len(chunks),
                                 ignored_scope=nncf.IgnoredScope(patterns=list(config.ignored_patterns), validate=False),
                                 advanced_parameters=advanced)
-    return student, {"tool": "nncf (PyTorch)", "version": nncf.__version__, "overflow_fix": config.overflow_fix,
-                     "signed_activations": config.signed_activations}
+    return student, {"tool": "nncf (PyTorch)", "version": nncf.__version__, "overflow_fix": config.overflow_fix}
 
 
 # ModelOpt names its quantizers after module paths (features.3.se.fc1.input_quantizer)
@@ -132,7 +129,7 @@ def _modelopt_ptq(teacher, x, config: QadConfig, log: "BuildLog"):
             for i in range(0, len(x), 25):
                 model(x[i:i + 25])
 
-    with _quiet_stdout(log):
+    with library_output(log, logger_name="modelopt"):
         student = mtq.quantize(student, cfg, forward_loop=forward_loop)
     import modelopt
 
@@ -304,13 +301,6 @@ def _import_modelopt():
     return mtq
 
 
-@contextlib.contextmanager
-def _quiet_stdout(log: "BuildLog") -> Iterator[None]:
-    """ModelOpt prints what it inserted; keep it for a verbose build only."""
-    with log.paused(), (contextlib.redirect_stdout(io.StringIO()) if log.quiet else contextlib.nullcontext()):
-        yield
-
-
 def _import_nncf():
     os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", EXTENSION_TIMEOUT_S)
     # torch's notices about NNCF/torchao internals (no CUDA runtime, Enum registration), not the user's build
@@ -327,10 +317,10 @@ def _import_nncf():
 
 
 @contextlib.contextmanager
-def nncf_output(log: "BuildLog", verbose: bool = False) -> Iterator[None]:
-    """NNCF draws its own progress bars and logs through the ``nncf`` logger: show them unless
-    the log is quiet, and pause the log's spinner while they run."""
-    logger = logging.getLogger("nncf")
+def library_output(log: "BuildLog", verbose: bool = False, logger_name: str = "nncf") -> Iterator[None]:
+    """NNCF draws its own progress bars and logs through the ``nncf`` logger (ModelOpt prints what it
+    inserted): show that unless the log is quiet, and pause the log's spinner while they run."""
+    logger = logging.getLogger(logger_name)
     level = logger.level
     # accuracy control reports its drop and the layers it reverts at INFO: worth showing
     logger.setLevel(logging.ERROR if log.quiet else (logging.INFO if verbose else logging.WARNING))

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import BuildError, UsageError
-from ..qad import QadConfig, nncf_output
+from ..qad import QadConfig, library_output
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..log import BuildLog
@@ -98,7 +98,7 @@ def quantize(model, ref, calib, opts: dict[str, Any], log: BuildLog) -> tuple[An
     c, h, w = ref.data_config.input_size
     dataset = nncf.Dataset(calib.tensors())
     t0 = time.perf_counter()
-    with nncf_output(log, verbose=max_drop is not None):
+    with library_output(log, verbose=max_drop is not None):
         if max_drop is None:
             log(f"quantizing with NNCF on {len(calib)} calibration images (recipe {recipe})")
             quantized = nncf.quantize(model, dataset, advanced_parameters=advanced, **kwargs)
