@@ -14,8 +14,8 @@ The recipe (``--recipe qad`` / ``--qad-steps N``):
    rounding): the weights, and with NNCF the quantizers' scales too (ModelOpt's ranges are fixed
    buffers), the model kept in eval mode so BatchNorm statistics stay frozen. No labels are
    used: the FP32 model is the teacher, which is what "agrees with FP32" asks for.
-3. **Export**: NNCF: ``nncf.strip`` to plain fake-quantize ops, then ``openvino.convert_model``
-   (the IR, whose FakeQuantize ops the CPU plugin runs as int8). ModelOpt: ``torch.onnx.export``
+3. **Export**: NNCF: :func:`strip` to plain fake-quantize ops, which the OpenVINO backend converts
+   to IR (FakeQuantize ops the CPU plugin runs as int8). ModelOpt: ``torch.onnx.export``
    of its quantizers as QuantizeLinear/DequantizeLinear pairs (symmetric int8, zero-point 0),
    the explicit-quantization graph TensorRT compiles and ONNX Runtime runs.
 
@@ -227,16 +227,6 @@ def strip(student: "torch.nn.Module", chw: tuple[int, int, int]) -> "torch.nn.Mo
     nncf = _import_nncf()
     return nncf.strip(student, do_copy=True, strip_format=nncf.StripFormat.NATIVE,
                       example_input=torch.zeros(1, *chw)).eval()
-
-
-def to_openvino(student: "torch.nn.Module", chw: tuple[int, int, int]):
-    """An OpenVINO model (dynamic batch) whose FakeQuantize ops carry the distilled ranges."""
-    import openvino as ov
-    import torch
-
-    with torch.no_grad(), _no_warnings():
-        return ov.convert_model(strip(student, chw), example_input=torch.zeros(1, *chw),
-                                input=[ov.PartialShape([-1, *chw])])
 
 
 def to_onnx(student: "torch.nn.Module", path, chw: tuple[int, int, int], output_names: Sequence[str]) -> None:

@@ -102,16 +102,17 @@ def build(ref, spec: BuildSpec, writer, log: BuildLog, *, calib=None,
     }
 
 
-def convert(ref):
-    """The reference module as an OpenVINO model: dynamic batch, input named ``input``, outputs
-    named as the manifest names them (NNCF's accuracy control needs named outputs)."""
+def convert(ref, module=None):
+    """The reference module (or ``module``, e.g. a distilled fake-quantized one of the same model) as
+    an OpenVINO model: dynamic batch, input named ``input``, outputs named as the manifest names them
+    (NNCF's accuracy control needs named outputs)."""
     import openvino as ov
     import torch
 
     c, h, w = ref.data_config.input_size
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about our model, not the user's input
-        model = ov.convert_model(ref.module.eval(), example_input=torch.zeros(2, c, h, w),
+        model = ov.convert_model((module or ref.module).eval(), example_input=torch.zeros(2, c, h, w),
                                  input=[ov.PartialShape([-1, c, h, w])])
     model.inputs[0].get_tensor().set_names({"input"})
     if len(model.outputs) != len(ref.output_names):

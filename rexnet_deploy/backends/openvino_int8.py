@@ -132,10 +132,9 @@ def _quantize_aware_distilled(model, ref, calib, steps: int, log: BuildLog) -> t
 
     t0 = time.perf_counter()
     result = qad.quantize_and_distill(ref.module, calib.tensors(), QadConfig(steps=steps), log)
-    quantized = qad.to_openvino(result.model, tuple(ref.data_config.input_size))
-    for out, name in zip(quantized.outputs, ref.output_names):
-        out.get_tensor().set_names({name})
-    quantized.inputs[0].get_tensor().set_names({"input"})
+    from .openvino import convert
+
+    quantized = convert(ref, qad.strip(result.model, tuple(ref.data_config.input_size)))
     record = {"tool": "nncf", "version": result.record["ptq"]["version"], "method": "quantization-aware distillation",
               "recipe": "qad", **result.record,
               "fake_quantize_ops": _count(quantized, "FakeQuantize") - _count(model, "FakeQuantize"),
