@@ -66,6 +66,11 @@ class QadConfig:
             raise UsageError("QAD needs lr > 0, batch >= 1 and temperature > 0")
 
 
+def check_steps(value: Any) -> int:
+    """``--qad-steps`` as an int in range (the backends' validate call this: one check, one message)."""
+    return QadConfig(steps=int(value)).steps
+
+
 @dataclass
 class QadResult:
     model: Any                             # the fake-quantized torch module (NNCF or ModelOpt), fine-tuned
@@ -89,6 +94,7 @@ def quantize_and_distill(teacher: "torch.nn.Module", tensors: Sequence[np.ndarra
     log(f"quantizing in PyTorch with {quantizer} on {len(x)} calibration images (SE gates kept FP32)")
     student, ptq = (_nncf_ptq if quantizer == "nncf" else _modelopt_ptq)(teacher, x, config, log)
     record: dict[str, Any] = {
+        "tool": quantizer, "version": ptq["version"], "method": "quantization-aware distillation", "recipe": "qad",
         "ptq": {**ptq, "images": len(x), "ignored_patterns": list(config.ignored_patterns),
                 "seconds": round(time.perf_counter() - t0, 1)},
         "config": asdict(config),
@@ -259,9 +265,7 @@ def qdq_graph(ref, calib, steps: int, path, log: "BuildLog") -> dict[str, Any]:
     problems = trt_rule_violations(graph)
     if problems:
         raise BuildError(f"the distilled Q/DQ graph breaks TensorRT's rules: {problems[0]} ({len(problems)} in all)")
-    return {"tool": "modelopt", "version": result.record["ptq"]["version"], "method": "quantization-aware distillation",
-            "recipe": "qad", **result.record,
-            "quantize_linear_nodes": sum(n.op_type == "QuantizeLinear" for n in graph.graph.node)}
+    return {**result.record, "quantize_linear_nodes": sum(n.op_type == "QuantizeLinear" for n in graph.graph.node)}
 
 
 def constants_to_initializers(graph) -> int:

@@ -50,9 +50,9 @@ def validate(spec: BuildSpec, options: dict[str, Any]) -> dict[str, Any]:
         raise BackendUnavailable(f"onnxruntime {spec.precision} graphs are made by ModelOpt, which is not installed: "
                                  "pip install 'rexnet-deploy[trt]'")
     if opts["qad_steps"] is not None:
-        from ..qad import QadConfig
+        from ..qad import check_steps
 
-        QadConfig(steps=int(opts["qad_steps"]))  # the range check and its message
+        opts["qad_steps"] = check_steps(opts["qad_steps"])
     return opts
 
 

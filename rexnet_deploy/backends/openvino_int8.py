@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import BuildError, UsageError
-from ..qad import QadConfig, library_output
+from ..qad import QadConfig, check_steps, library_output
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..log import BuildLog
@@ -64,8 +64,7 @@ def validate(opts: dict[str, Any]) -> dict[str, Any]:
     steps = opts.get("qad_steps")
     recipe = opts["recipe"] or ("qad" if steps is not None else DEFAULT_RECIPE)
     if recipe == "qad":
-        steps = QAD_DEFAULT_STEPS if steps is None else int(steps)
-        QadConfig(steps=steps)  # range check, one message
+        steps = QAD_DEFAULT_STEPS if steps is None else check_steps(steps)
         if opts["max_drop"] is not None:
             raise UsageError("--max-drop (accuracy control) is a post-training recipe; it does not combine with --recipe qad")
     elif steps is not None:
@@ -135,8 +134,7 @@ def _quantize_aware_distilled(model, ref, calib, steps: int, log: BuildLog) -> t
     from .openvino import convert
 
     quantized = convert(ref, qad.strip(result.model, tuple(ref.data_config.input_size)))
-    record = {"tool": "nncf", "version": result.record["ptq"]["version"], "method": "quantization-aware distillation",
-              "recipe": "qad", **result.record,
+    record = {**result.record,
               "fake_quantize_ops": _count(quantized, "FakeQuantize") - _count(model, "FakeQuantize"),
               "seconds": round(time.perf_counter() - t0, 1)}
     if record["fake_quantize_ops"] == 0:

@@ -57,9 +57,9 @@ def validate(spec: BuildSpec, options: dict[str, Any]) -> dict[str, Any]:
     if opts["calib_cache"] is not None and not Path(opts["calib_cache"]).is_file():
         raise UsageError(f"--calib-cache {opts['calib_cache']} does not exist")
     if opts["qad_steps"] is not None:
-        from ..qad import QadConfig
+        from ..qad import check_steps
 
-        QadConfig(steps=int(opts["qad_steps"]))  # the range check and its message
+        opts["qad_steps"] = check_steps(opts["qad_steps"])
         if opts["calib_cache"] is not None or opts["exclude"]:
             raise UsageError("--qad-steps trains on calibration images and quantizes every layer but the SE gates; "
                              "it does not combine with --calib-cache or --exclude")
