@@ -5,15 +5,19 @@
 # holds one entry per CPU instruction-set class (avx2, avx512, avx512-vnni, amx; the ratios depend
 # on it), so the gate holds across machines of one class; exit 1 on a regression, 2 on a baseline
 # that does not fit. A host whose class has no entry is NOT gated: a loud warning, exit 0.
+# Machines of one class still differ by ~20% (and one VM by ~15% from minute to minute), so a
+# saved entry keeps the lowest speedup any machine of the class measured, and a speedup below its
+# floor is measured twice more before it fails (bench --confirm): a regression must reproduce.
+# The CI floor is 25% below the bar: the planted one-thread slowdown (GATE_THREADS=1) costs ~50%.
 #   bash benchmarks/ci_gate.sh           # the gate
-#   bash benchmarks/ci_gate.sh --save    # measure this host's class and add/replace its entry (commit it;
+#   bash benchmarks/ci_gate.sh --save    # measure this host's class and merge it into its entry (commit it;
 #                                        # run it on a quiet machine: other load skews the ratios)
 # GATE_THREADS=1 runs the engines on one thread: a planted slowdown the gate must catch.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 cli=.venv/bin/rexnet-deploy
 baseline=${BASELINE:-benchmarks/baseline.json}
-max_regression=${MAX_REGRESSION:-0.15}
+max_regression=${MAX_REGRESSION:-0.25}  # see above: 15% is inside one VM's drift
 if [[ ${1:-} != --save ]]; then
   # builds and timing are minutes: first ask whether the baseline gates this host's class at all
   rc=0

@@ -312,14 +312,15 @@ def check_command(engine_path, images, labels, synthetic, limit, weights, gate, 
 @click.option("--plot", "plot_path", type=click.Path(), default=None, help="Write a PNG chart of latency and throughput per batch.")
 @click.option("--baseline", type=click.Path(), default=None, help="Regression gate: compare speedups and agreement with this baseline; exit 1 on a regression.")
 @click.option("--max-regression", type=float, default=0.15, show_default=True, help="Largest allowed fractional drop of a speedup below the baseline's.")
-@click.option("--save-baseline", type=click.Path(), default=None, help="Write (or update) a baseline file with this run.")
+@click.option("--confirm", type=click.IntRange(min=0), default=2, show_default=True, help="Re-measure a speedup below its floor up to N more times; the gate takes the best (a regression must reproduce).")
+@click.option("--save-baseline", type=click.Path(), default=None, help="Write (or update) a baseline file with this run; an engine already there keeps the lower of the two speedups.")
 @click.option("--json", "json_out", type=click.Path(), default=None, help="Write the report as JSON.")
 @click.option("--no-save", is_flag=True, help="Do not store the report in the artifact's manifest.")
 @click.option("--rebuild-engine", is_flag=True, help="TensorRT artifacts: compile the stored graph for this host's GPU first.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Engine threads (openvino, onnxruntime) [all cores].")
 @click.option("-q", "--quiet", is_flag=True)
 def bench_command(engine_path, batches, seconds, warmup, repeat, no_reference, weights, images_dir, plot_path, baseline,
-                  max_regression, save_baseline, json_out, no_save, rebuild_engine, threads, quiet) -> None:
+                  max_regression, confirm, save_baseline, json_out, no_save, rebuild_engine, threads, quiet) -> None:
     """Latency (p50/p90/p99) and throughput per batch, engine and FP32 eager reference in one run;
     optionally end to end from image files, a chart, and a regression gate against a baseline."""
     from .harness import baseline as gate
@@ -331,7 +332,8 @@ def bench_command(engine_path, batches, seconds, warmup, repeat, no_reference, w
     with _progress("benchmarking", quiet) as update:
         report = bench_with_gate(engine_path, batches=sizes, seconds=seconds, warmup=warmup, repeat=repeat,
                                  reference=not no_reference, weights=weights, images=images_dir, baseline=baseline,
-                                 max_regression=max_regression, save_baseline=save_baseline, save_report=not no_save,
+                                 max_regression=max_regression, confirm=confirm, save_baseline=save_baseline,
+                                 save_report=not no_save,
                                  engine_options=_engine_options(rebuild_engine=rebuild_engine, threads=threads),
                                  progress=update, warn=lambda m: click.echo(m, err=True))
     _write_json(json_out, report)

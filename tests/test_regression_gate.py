@@ -52,6 +52,27 @@ def test_gate_passes_on_the_real_baseline_and_fails_on_a_planted_regression(ts_e
     line = expect_error(r, "regression gate failed", "torchscript/fp32 speedup at batch 1", code=1)
     assert "REGRESSED" in r.stdout and f"on CPU class {HERE}" in r.stdout and line
     assert "NOT GATED" not in r.stderr
+    # a real regression reproduces: measured three times (two confirmations), failed every time
+    assert "best of 3 measurements" in r.stdout
+
+
+def test_a_speedup_dip_that_does_not_reproduce_passes(ts_engine_path, saved_baseline, monkeypatch):
+    """The confirmation logic alone: timed runs replaced by scripted ratios (one slow, then normal)."""
+    from rexnet_deploy.harness import bench as bench_module
+    from rexnet_deploy.harness.bench_gate import bench_with_gate
+
+    base = gate.for_host(gate.load(saved_baseline))["engines"]["torchscript/fp32"]["speedup"]["1"]
+    ratios = iter([base * 0.5, base * 0.5, base * 0.5, base * 1.01, base * 0.99, base])
+
+    def scripted(engine, **_kw):
+        return {"speedup": {"1": next(ratios)}, "settings": {}}
+
+    monkeypatch.setattr(bench_module, "bench", scripted)
+    report = bench_with_gate(ts_engine_path, batches=[1], baseline=saved_baseline, save_report=False)
+    assert report["gate"]["passed"] and report["gate"]["attempts"] == 2
+    ratios = iter([base * 0.5] * 3)
+    report = bench_with_gate(ts_engine_path, batches=[1], baseline=saved_baseline, save_report=False, confirm=0)
+    assert not report["gate"]["passed"] and report["gate"]["attempts"] == 1
 
 
 def test_gate_fails_on_an_agreement_drop(saved_baseline):
@@ -108,10 +129,10 @@ def test_a_host_whose_class_has_no_entry_is_not_gated_and_says_so(ts_engine_path
     assert "regression gate" not in r.stdout and "REGRESSED" not in r.stdout
 
 
-def test_save_adds_or_replaces_only_this_class(ts_engine_path, saved_baseline, tmp_path):
+def test_save_merges_into_this_class_only_keeping_the_lower_bar(ts_engine_path, saved_baseline, tmp_path):
     data = json.loads(saved_baseline.read_text())
     mine = data["classes"][HERE]
-    mine["engines"]["torchscript/fp32"]["speedup"]["1"] = -1.0  # replaced by the new measurement
+    mine["engines"]["torchscript/fp32"]["speedup"]["1"] = 1e6  # a faster machine's bar: lowered to this one's
     mine["engines"]["openvino/fp32"] = {"speedup": {"1": 9.0}, "agreement": {}, "runs": 5}  # kept: other engine
     data["classes"][OTHER] = {"engines": {"torchscript/fp32": {"speedup": {"1": 123.0}, "agreement": {}, "runs": 5}},
                               "host": {"cpu": "elsewhere"}, "created": "then"}
@@ -122,7 +143,11 @@ def test_save_adds_or_replaces_only_this_class(ts_engine_path, saved_baseline, t
     after = json.loads(path.read_text())
     assert after["classes"][OTHER] == data["classes"][OTHER]
     assert after["classes"][HERE]["engines"]["openvino/fp32"]["speedup"] == {"1": 9.0}
-    assert after["classes"][HERE]["engines"]["torchscript/fp32"]["speedup"]["1"] > 0
+    merged = after["classes"][HERE]["engines"]["torchscript/fp32"]
+    assert 0 < merged["speedup"]["1"] < 1e6 and merged["measurements"] == 2
+    path.write_text(json.dumps(after).replace(str(merged["speedup"]["1"]), "0.001"))  # a slower machine's bar: kept
+    assert run_cli("bench", str(ts_engine_path), *FAST, "--save-baseline", str(path)).returncode == 0
+    assert json.loads(path.read_text())["classes"][HERE]["engines"]["torchscript/fp32"]["speedup"]["1"] == 0.001
     with pytest.raises(UsageError, match="is for model rexnet_100"):  # never drops the classes of another model
         gate.save(path, "rexnet_150", {}, {})
 

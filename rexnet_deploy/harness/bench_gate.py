@@ -31,6 +31,7 @@ def bench_with_gate(
     max_regression: float = gate.DEFAULT_MAX_REGRESSION,
     save_baseline: str | os.PathLike | None = None,
     save_report: bool = True,
+    confirm: int = 2,
     engine_options: dict[str, Any] | None = None,
     progress: Progress | None = None,
     warn: Warn = lambda _m: None,
@@ -38,7 +39,9 @@ def bench_with_gate(
     """Bench the artifact at ``engine_path``; returns the bench report, with ``gate`` (the
     comparison, see :func:`.baseline.compare`) when ``baseline`` gates this host. Bad input — the
     baseline file, one without this engine or batch, a missing ``images`` folder — fails before
-    anything is timed. ``repeat`` defaults to 3 when gating or saving a baseline, else 1.
+    anything is timed. ``repeat`` defaults to 3 when gating or saving a baseline, else 1. A speedup
+    below its floor is re-measured up to ``confirm`` more times (``repeat`` runs each) and the gate
+    takes each batch's best attempt: a regression must reproduce, one noisy minute must not fail CI.
     ``warn`` gets the lines a user should see but that are not errors (a baseline with no entry
     for this CPU class, a manifest that cannot take the report)."""
     from ..engine import Engine
@@ -71,10 +74,24 @@ def bench_with_gate(
 
             report["end_to_end"] = end_to_end(engine, images, batches=batches, progress=progress)
         if gating:
-            current = gate.entry(runs, engine.manifest.get("reports", {}).get("check"))
+            check = engine.manifest.get("reports", {}).get("check")
+            current = gate.entry(runs, check)
             if base is not None:
-                report["gate"] = gate.compare(base, model, key, current, max_regression=max_regression,
-                                              source=f"baseline {baseline}")
+                result = gate.compare(base, model, key, current, max_regression=max_regression,
+                                      source=f"baseline {baseline}")
+                attempts = 1
+                while attempts <= confirm and any(r["metric"].startswith("speedup") and not r["ok"]
+                                                  for r in result["rows"]):
+                    again = gate.entry([bench(engine, batches=batches, reference=reference, weights=weights,
+                                              seconds=seconds, warmup=warmup, progress=progress)
+                                        for _ in range(repeat)], check)
+                    best = {b: max(v, again["speedup"][b]) for b, v in current["speedup"].items()}
+                    current = {**current, "speedup": best}
+                    attempts += 1
+                    result = gate.compare(base, model, key, current, max_regression=max_regression,
+                                          source=f"baseline {baseline}")
+                result["attempts"] = attempts
+                report["gate"] = result
             if save_baseline is not None:
                 gate.save(save_baseline, model, {key: current}, report["host"])
         if save_report:
