@@ -37,6 +37,7 @@ def build(
     eval_images: str | os.PathLike | None = None,
     bench_batches: list[int] | None = None,
     bench_seconds: float = 2.0,
+    measure_refused: bool = False,
     log: LogLike = None,
 ) -> Engine:
     """Build and publish an artifact at ``out``; returns the loaded Engine (closed by the caller).
@@ -48,8 +49,10 @@ def build(
     the FP32 reference before publishing (``check_options`` go to
     :func:`rexnet_deploy.harness.check.check`); without check images, an INT8 build checks on up to
     ``check_size`` held-out images of the calibration source (never calibration images). A failed
-    gate raises GateFailed and nothing is written. ``log``: a :class:`~rexnet_deploy.log.BuildLog`
-    or a function taking each message.
+    gate raises GateFailed and nothing is written; with ``measure_refused`` the refused engine is
+    still evaluated and benchmarked first, and the GateFailed carries those reports (``reports``:
+    the figures of an engine that is never published). ``log``: a
+    :class:`~rexnet_deploy.log.BuildLog` or a function taking each message.
     """
     log = as_build_log(log)
     info = backends.get(spec.backend)
@@ -61,8 +64,7 @@ def build(
         raise UsageError(f"--check-images {given} does not exist")
     replaced = [o.cli_flag for o in info.options if o.replaces_calib and (backend_options or {}).get(o.name) is not None]
     calib_set = _plan_calibration(spec, calib, calib_size, calib_seed, replaced[0] if replaced else None)
-    if eval_images is not None and (Path(eval_images).is_dir() or not Path(eval_images).exists()):
-        find_images(eval_images)  # a missing or image-less folder fails now, not after minutes of building
+    check_eval_images(eval_images)
     backend = backends.load_module(info, for_build=True)
     options = backends.validate(info, backend, spec, backend_options)  # the one validation of the options
     with ArtifactWriter(out, force=force) as writer:
@@ -118,6 +120,7 @@ def build(
             from .harness.reference import TorchReference
 
             reference = TorchReference(ref)  # the module in memory: no second model build
+            refused = None
             if check:
                 from .harness.check import check as run_check
 
@@ -129,7 +132,10 @@ def build(
                         report["images"]["held_out_of"] = str(calib_set.source)
                 artifact.set_report("check", report)
                 if not report["gate"]["passed"]:
-                    raise GateFailed("build gate failed, nothing written: " + "; ".join(report["gate"]["failures"]))
+                    refused = GateFailed("build gate failed, nothing written: " + "; ".join(report["gate"]["failures"]))
+                    if not measure_refused:
+                        raise refused
+                    log("gate failed: measuring the engine all the same; it will not be published")
             if eval_images is not None:
                 from .harness.check import check as run_check
 
@@ -147,11 +153,20 @@ def build(
                 log("benchmarking against the FP32 eager reference")
                 artifact.set_report("bench", bench(engine, batches=bench_batches, reference=reference,
                                                       seconds=bench_seconds))
+            if refused is not None:  # measured, handed over, and discarded with the staging folder
+                refused.reports = dict(artifact.manifest["reports"])
+                raise refused
             engine.artifact = writer.publish()
         except BaseException:
             engine.close()
             raise
     return engine
+
+
+def check_eval_images(eval_images: str | os.PathLike | None) -> None:
+    """Fail now, not after minutes of building, on a missing or image-less evaluation folder."""
+    if eval_images is not None and (Path(eval_images).is_dir() or not Path(eval_images).exists()):
+        find_images(eval_images)
 
 
 def _plan_calibration(spec: BuildSpec, calib, size: int, seed: int,

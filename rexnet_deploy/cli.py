@@ -382,12 +382,16 @@ def predict_command(engine_path, images, topk, skip_bad, as_json, rebuild_engine
 @click.option("--calib-size", type=int, default=300, show_default=True)
 @click.option("--images", type=click.Path(), default=None, help="Images every engine is checked on [INT8: held-out calibration images; others: generated].")
 @click.option("--labels", type=click.Path(), default=None, help="CSV file,class_index for --images.")
+@click.option("--eval-images", type=click.Path(), default=None,
+              help="Also measure every engine on these photos (ideally of classes the calibration set lacks; labels "
+                   "from DIR/labels.csv or wnid folders); their figures stand next to the check's.")
 @click.option("--batch", "batches", default="1,8,32", show_default=True, help="Batch sizes to benchmark.")
 @click.option("--seconds", type=float, default=2.0, show_default=True, help="Timed seconds per batch size, per model.")
 @click.option("--only", multiple=True, metavar="BACKEND[/PRECISION]", help="Restrict to these engines (repeatable).")
 @click.option("--out", type=click.Path(), default="runs/matrix", show_default=True, help="Folder for the engines, matrix.json/.md/.png.")
 @click.option("-q", "--quiet", is_flag=True)
-def matrix_command(model, weights, seed, calib, calib_size, images, labels, batches, seconds, only, out, quiet) -> None:
+def matrix_command(model, weights, seed, calib, calib_size, images, labels, eval_images, batches, seconds, only, out,
+                   quiet) -> None:
     """Build, check and benchmark every backend × precision this host can run; one table, JSON and a chart."""
     from .matrix import markdown, run
     from .spec import ModelSpec, WeightsSpec, parse_batch_list
@@ -396,7 +400,7 @@ def matrix_command(model, weights, seed, calib, calib_size, images, labels, batc
     model_spec = ModelSpec(name=model, weights=WeightsSpec.parse(weights, seed))
     with _status(quiet) as log:
         result = run(model_spec, out, calib=calib, calib_size=calib_size, images=images, labels=labels,
-                     batches=tuple(sizes), seconds=seconds, only=list(only) or None, log=log)
+                     eval_images=eval_images, batches=tuple(sizes), seconds=seconds, only=list(only) or None, log=log)
     click.echo(markdown(result))
     click.echo(f"\nwrote {Path(out) / 'matrix.json'}, {Path(out) / 'matrix.md'}"
                + (f", {result['chart']}" if result.get("chart") else ""))

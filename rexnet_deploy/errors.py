@@ -42,9 +42,16 @@ class BackendUnavailable(RexnetDeployError):
 
 
 class GateFailed(RexnetDeployError):
-    """A check or benchmark fell below its gate; the report was still written."""
+    """A check or benchmark fell below its gate; the report was still written.
+
+    ``reports``: a refused build's figures (check, eval, bench) when it was asked to measure the
+    engine before discarding it (``build(measure_refused=True)``); else empty."""
 
     exit_code = 1
+
+    def __init__(self, message: str, reports: dict | None = None):
+        super().__init__(message)
+        self.reports = reports or {}
 
 
 def one_line(text: object) -> str:

@@ -1,5 +1,7 @@
 """``matrix``: every backend × precision this host can build, built, checked and benchmarked
-against the FP32 reference in one run; one table (Markdown), JSON and a chart.
+against the FP32 reference in one run; one table (Markdown), JSON and a chart. With evaluation
+photos, every engine's figures on them stand next to its check figures, and the chart's third
+panel sets each engine's agreement against its throughput (the fidelity/speed frontier).
 
 What cannot run here is listed with the reason (a backend not installed, TensorRT without a GPU
 host, INT8 without calibration images, FP16 TorchScript without CUDA, BF16 on a CPU without it).
@@ -13,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from . import backends
-from .errors import RexnetDeployError, UsageError
+from .errors import GateFailed, RexnetDeployError, UsageError
+from .harness.plot import FrontierPoint
+from .harness.report import summary
 from .log import LogLike, as_build_log
 from .spec import BuildSpec, ModelSpec
 
@@ -34,16 +38,22 @@ def skip_reason(backend: str, precision: str, *, calib: str | None) -> str | Non
 
 
 def run(model: ModelSpec, out: str | os.PathLike, *, calib: str | None = None, calib_size: int = 300,
-        images: str | None = None, labels: str | None = None, batches: tuple[int, ...] = (1, 8, 32),
-        seconds: float = 2.0, only: list[str] | None = None, log: LogLike = None) -> dict[str, Any]:
-    """Build, check and bench every candidate into ``out``/engines; write matrix.json/.md/.png."""
+        images: str | None = None, labels: str | None = None, eval_images: str | None = None,
+        batches: tuple[int, ...] = (1, 8, 32), seconds: float = 2.0, only: list[str] | None = None,
+        log: LogLike = None) -> dict[str, Any]:
+    """Build, check and bench every candidate into ``out``/engines; write matrix.json/.md/.png.
+
+    ``eval_images``: every engine is also measured on these photos (its manifest's eval report).
+    An engine its accuracy gate refuses is measured all the same and listed as refused; nothing of
+    it is published."""
     from .artifact import to_json
-    from .builder import build
+    from .builder import build, check_eval_images
 
     log = as_build_log(log)
     for path, flag in ((calib, "--calib"), (images, "--images"), (labels, "--labels")):
         if path is not None and not Path(path).exists():
             raise UsageError(f"{flag} {path} does not exist")
+    check_eval_images(eval_images)  # bad evaluation photos fail before the first engine is built
     out = Path(out)
     rows, reports, started = [], [], time.perf_counter()
     check: dict[str, Any] = {"images": images, "labels": labels} if images else {}
@@ -66,84 +76,142 @@ def run(model: ModelSpec, out: str | os.PathLike, *, calib: str | None = None, c
         log(f"{key}: building, checking, benchmarking")
         t = time.perf_counter()
         try:
+            # measure_refused: a refused engine's figures come back on the exception, its files are discarded
             engine = build(model, BuildSpec(backend=backend, precision=precision, batch=(min(batches), max(batches))),
                            out / "engines" / f"{backend}-{precision}", force=True,
                            calib=calib if precision == "int8" else None, calib_size=calib_size,
-                           check_options=dict(check), bench_batches=list(batches), bench_seconds=seconds,
-                           log=log.prefixed(key))
+                           check_options=dict(check), eval_images=eval_images, bench_batches=list(batches),
+                           bench_seconds=seconds, measure_refused=True, log=log.prefixed(key))
         except RexnetDeployError as exc:  # one engine failing (e.g. its gate) does not stop the matrix
-            log(f"{key}: failed: {exc}")
-            rows.append({"engine": key, "failed": str(exc), "build_seconds": round(time.perf_counter() - t, 1)})
+            measured = exc.reports if isinstance(exc, GateFailed) else {}
+            log(f"{key}: {'refused' if measured else 'failed'}: {exc}")
+            if measured.get("bench"):
+                rows.append(_row(key, measured, time.perf_counter() - t, refused=str(exc)))
+                reports.append(measured["bench"])
+            else:
+                rows.append({"engine": key, "failed": str(exc), "build_seconds": round(time.perf_counter() - t, 1)})
             continue
         with engine:
-            rows.append(_row(key, engine, time.perf_counter() - t))
+            rows.append(_row(key, engine.manifest["reports"], time.perf_counter() - t, path=engine.artifact.path))
             reports.append(engine.manifest["reports"]["bench"])
     checked_on = images or (f"{len(check['images'])} held-out images of {calib}" if check else "generated images")
     result = {"model": model.name, "weights": model.weights.describe(), "batches": list(batches),
-              "calibration": calib, "check_images": str(checked_on), "rows": rows,
+              "calibration": calib, "check_images": str(checked_on), "eval_images": eval_images, "rows": rows,
               "seconds": round(time.perf_counter() - started, 1)}
     out.mkdir(parents=True, exist_ok=True)
     (out / "matrix.json").write_text(to_json(result))
     (out / "matrix.md").write_text(markdown(result) + "\n")
     if reports:
         try:
-            from .harness.plot import plot_bench
+            from .harness.plot import save_figure
 
-            plot_bench(reports, out / "matrix.png", title=f"{model.name}: latency and throughput per batch "
-                       "(dashed: the FP32 eager reference of the first engine's run)")
+            save_figure(chart(result, reports), out / "matrix.png")
             result["chart"] = str(out / "matrix.png")
         except RexnetDeployError as exc:  # matplotlib missing: the table still stands
             log(f"no chart: {exc}")
     return result
 
 
-def _row(key: str, engine, build_seconds: float) -> dict[str, Any]:
-    m = engine.manifest
-    check, bench = m["reports"].get("check") or {}, m["reports"]["bench"]
-    metrics, labelled = check.get("metrics") or {}, check.get("labelled") or {}
+def _row(key: str, reports: dict[str, Any], build_seconds: float, *, path: str | os.PathLike | None = None,
+         refused: str | None = None) -> dict[str, Any]:
+    """A measured engine's figures: ``path`` when published, ``refused`` (the gate's message) when not."""
+    check, bench = reports.get("check"), reports["bench"]
     last = bench["results"][-1]
-    size = sum(p.stat().st_size for p in Path(engine.artifact.path).rglob("*") if p.is_file())
     first = str(bench["results"][0]["batch"])
+    size = sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) if path else None
     return {
         "engine": key,
-        "size_mb": size / 1e6,
+        "size_mb": size / 1e6 if size is not None else None,
         "build_seconds": round(build_seconds, 1),
-        "check_images": check.get("n_images"),
-        "top1_agreement": metrics.get("top1_agreement"),
-        "cosine_min": metrics.get("cosine_min"),
-        "sqnr_db": metrics.get("sqnr_db"),
-        "labelled_top1": labelled.get("engine_top1"),
-        "reference_top1": labelled.get("reference_top1"),
+        "check": summary(check) if check else None,
+        "eval": summary(reports["eval"]) if reports.get("eval") else None,
         "p50_ms_first_batch": bench["results"][0]["p50_ms"],
         "first_batch": int(first),
         "throughput_last_batch": last["throughput_ips"],
         "last_batch": last["batch"],
         "speedup_first_batch": (bench.get("speedup") or {}).get(first),
         "speedup_last_batch": (bench.get("speedup") or {}).get(str(last["batch"])),
-        "gate": (check.get("gate") or {}).get("passed"),
-        "path": str(engine.artifact.path),
+        "gate": ((check or {}).get("gate") or {}).get("passed"),
+        "refused": refused,
+        "path": str(path) if path else None,
     }
 
 
-def markdown(result: dict[str, Any]) -> str:
-    def f(v, digits=4, suffix=""):
-        return "–" if v is None else f"{v:.{digits}f}{suffix}"
+def _measured(row: dict[str, Any]) -> bool:
+    """Built and measured (published, or refused by its gate), not skipped or failed."""
+    return "check" in row
 
-    built = [r for r in result["rows"] if "size_mb" in r]
+
+def frontier_points(rows: list[dict[str, Any]], figures: str = "eval") -> list[FrontierPoint]:
+    """One point per measured engine: its top-1 agreement on ``figures`` ("eval" or "check")
+    against its last batch size's throughput; refused engines are kept, flagged."""
+    return [FrontierPoint(r["engine"], r["throughput_last_batch"], r[figures]["top1_agreement"], bool(r["refused"]))
+            for r in rows if _measured(r) and (r[figures] or {}).get("top1_agreement") is not None]
+
+
+def chart(result: dict[str, Any], reports: list[dict[str, Any]]):
+    """The matrix chart: latency and throughput per batch, and agreement against throughput
+    (on the evaluation photos when there are some, else on the check photos)."""
+    from .harness.plot import matrix_figure
+
+    rows = [r for r in result["rows"] if _measured(r)]
+    figures = "eval" if result.get("eval_images") else "check"
+    where = (f"evaluation photos ({result['eval_images']})" if figures == "eval"
+             else f"check photos ({result['check_images']})")
+    return matrix_figure(
+        reports, frontier_points(rows, figures), refused={r["engine"] for r in rows if r["refused"]},
+        agreement_label=f"top-1 agreement with FP32, {where}",
+        throughput_label=f"throughput at batch {result['batches'][-1]} (images/s)",
+        title=f"{result['model']}: latency and throughput per batch (dashed: the FP32 eager reference of the first "
+              "engine's run); fidelity against speed (hollow: refused by its accuracy gate)")
+
+
+# (header, summary key, digits): the fidelity columns, each with the check and eval figures side by side
+FIDELITY_COLUMNS = [("top-1 agr.", "top1_agreement", 4), ("decisive top-1 agr.", "top1_agreement_decisive", 4),
+                    ("top-2 cont.", "top2_containment", 4), ("min cosine", "cosine_min", 4), ("SQNR dB", "sqnr_db", 1)]
+
+
+def _f(v: float | None, digits: int = 4, suffix: str = "") -> str:
+    return "–" if v is None else f"{v:.{digits}f}{suffix}"
+
+
+def _labelled(figures: dict[str, Any] | None) -> str:
+    """Labelled top-1 of the engine (of the reference), or a dash without labels."""
+    if not figures or figures.get("labelled_top1") is None:
+        return "–"
+    return f"{_f(figures['labelled_top1'], 3)} ({_f(figures.get('labelled_reference_top1'), 3)})"
+
+
+def _fidelity_cells(row: dict[str, Any], with_eval: bool) -> list[str]:
+    sets = ("check", "eval") if with_eval else ("check",)
+    cells = [" / ".join(_f((row[s] or {}).get(key), digits) for s in sets) for _h, key, digits in FIDELITY_COLUMNS]
+    return cells + [" / ".join(_labelled(row[s]) for s in sets)]
+
+
+def markdown(result: dict[str, Any]) -> str:
+    built = [r for r in result["rows"] if _measured(r)]
+    with_eval = bool(result.get("eval_images"))
     b0, b1 = (built[0]["first_batch"], built[0]["last_batch"]) if built else (result["batches"][0], result["batches"][-1])
+    pair = " check / eval" if with_eval else ""
+    fidelity = [h + pair for h, _k, _d in FIDELITY_COLUMNS] + [f"labelled top-1 (ref){pair}"]
+    header = ["engine", "MB", "s (build+check+bench)", *fidelity, f"p50 ms b{b0}", f"img/s b{b1}", f"speedup b{b0} / b{b1}"]
+    sets = f"check: {result['check_images']}"
+    if with_eval:
+        sets += f"; eval: {result['eval_images']} (figures as check / eval)"
     lines = [f"### matrix: {result['model']} ({result['weights']}), {result['seconds']:.0f} s",
-             f"checked on {result['check_images']}; speedups against the FP32 eager reference of the same run", "",
-             f"| engine | MB | s (build+check+bench) | top-1 agr. | min cosine | SQNR dB | labelled top-1 (ref) | "
-             f"p50 ms b{b0} | img/s b{b1} | speedup b{b0} / b{b1} |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             f"{sets}; speedups against the FP32 eager reference of the same run", "",
+             "| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     for r in result["rows"]:
-        if "size_mb" not in r:
-            lines.append(f"| {r['engine']} | {'skipped: ' + r['skipped'] if 'skipped' in r else 'FAILED: ' + r['failed']} "
-                         "| | | | | | | | |")
+        if not _measured(r):
+            why = "skipped: " + r["skipped"] if "skipped" in r else "FAILED: " + r["failed"]
+            lines.append(f"| {r['engine']} | {why} |" + " |" * (len(header) - 2))
             continue
-        acc = f"{f(r['labelled_top1'], 3)} ({f(r['reference_top1'], 3)})" if r["labelled_top1"] is not None else "–"
-        lines.append(f"| {r['engine']} | {r['size_mb']:.1f} | {r['build_seconds']:.0f} | {f(r['top1_agreement'])} | "
-                     f"{f(r['cosine_min'])} | {f(r['sqnr_db'], 1)} | {acc} | {r['p50_ms_first_batch']:.1f} | "
-                     f"{r['throughput_last_batch']:.1f} | {f(r['speedup_first_batch'], 2, '×')} / "
-                     f"{f(r['speedup_last_batch'], 2, '×')} |")
+        name = r["engine"] + (" (REFUSED by its gate)" if r["refused"] else "")
+        lines.append("| " + " | ".join([
+            name, _f(r["size_mb"], 1), f"{r['build_seconds']:.0f}", *_fidelity_cells(r, with_eval),
+            f"{r['p50_ms_first_batch']:.1f}", f"{r['throughput_last_batch']:.1f}",
+            f"{_f(r['speedup_first_batch'], 2, '×')} / {_f(r['speedup_last_batch'], 2, '×')}"]) + " |")
+    refused = [r for r in built if r["refused"]]
+    if refused:
+        lines += [""] + [f"{r['engine']}: {r['refused']} (measured before it was discarded)" for r in refused]
     return "\n".join(lines)

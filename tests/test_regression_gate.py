@@ -217,7 +217,8 @@ def test_matrix_builds_what_runs_here_and_says_why_the_rest_is_skipped(tmp_path)
     assert set(rows) == {"torchscript/fp32", "torchscript/fp16", "onnxruntime/fp32", "tensorrt/fp16", "tensorrt/int8"}
     for key in ("torchscript/fp32", "onnxruntime/fp32"):
         row = rows[key]
-        assert row["top1_agreement"] == 1.0 and row["size_mb"] > 1 and row["speedup_first_batch"] > 0
+        assert row["check"]["top1_agreement"] == 1.0 and row["size_mb"] > 1 and row["speedup_first_batch"] > 0
+        assert row["eval"] is None and row["refused"] is None  # no --eval-images; the gate passed
         assert (out / "engines" / key.replace("/", "-") / "manifest.json").is_file()
     assert "INT8 needs --calib" in rows["tensorrt/int8"]["skipped"]
     from rexnet_deploy.backends import _trt
@@ -226,6 +227,7 @@ def test_matrix_builds_what_runs_here_and_says_why_the_rest_is_skipped(tmp_path)
         assert "TensorRT GPU host" in rows["tensorrt/fp16"]["skipped"]
     md = (out / "matrix.md").read_text()
     assert "| torchscript/fp32 |" in md and "skipped:" in md and md.strip() in r.stdout
+    assert "/ eval" not in md
     if (out / "matrix.png").exists():
         assert (out / "matrix.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -34,6 +34,7 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
     return {"images": where, "n": report["n_images"],
             **{k: report["metrics"].get(k) for k in SUMMARY_KEYS},
             "labelled_top1": (report.get("labelled") or {}).get("engine_top1"),
+            "labelled_reference_top1": (report.get("labelled") or {}).get("reference_top1"),
             "cpu_isa": (report.get("host") or {}).get("cpu_isa")}
 
 
