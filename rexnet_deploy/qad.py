@@ -57,6 +57,11 @@ class QadConfig:
     temperature: float = 2.0
     seed: int = 0
     overflow_fix: str = "enable"          # NNCF OverflowFix: 7-bit weights, safe on CPUs without VNNI
+    # NNCF preset: "mixed" = asymmetric activations (u8 + zero point). ReXNet's SiLU outputs reach down
+    # to only -0.28, so a symmetric range wastes most of its negative half; on dev/ it measured
+    # 0.94 agreement / 34.6 dB after 100 steps against 0.92 / 32.7 dB for "performance" (symmetric).
+    # The ModelOpt (Q/DQ) path ignores it: TensorRT takes symmetric int8 only.
+    activations: str = "mixed"
     ignored_patterns: tuple[str, ...] = SE_PATTERNS
 
     def __post_init__(self) -> None:
@@ -64,6 +69,8 @@ class QadConfig:
             raise UsageError(f"--qad-steps must be between 0 and {MAX_STEPS}, got {self.steps}")
         if not self.lr > 0 or not self.batch >= 1 or not self.temperature > 0:
             raise UsageError("QAD needs lr > 0, batch >= 1 and temperature > 0")
+        if self.activations not in ("mixed", "performance"):
+            raise UsageError(f"QAD activations preset must be mixed or performance, got {self.activations!r}")
 
 
 def check_steps(value: Any) -> int:
@@ -112,9 +119,12 @@ def _nncf_ptq(teacher, x, config: QadConfig, log: "BuildLog"):
     with library_output(log):
         # subset_size counts dataset items, here batches: all of them
         student = nncf.quantize(copy.deepcopy(teacher), nncf.Dataset(chunks), subset_size=len(chunks),
+                                preset=nncf.QuantizationPreset(config.activations),
                                 ignored_scope=nncf.IgnoredScope(patterns=list(config.ignored_patterns), validate=False),
                                 advanced_parameters=advanced)
-    return student, {"tool": "nncf (PyTorch)", "version": nncf.__version__, "overflow_fix": config.overflow_fix}
+    return student, {"tool": "nncf (PyTorch)", "version": nncf.__version__, "overflow_fix": config.overflow_fix,
+                     "preset": config.activations,
+                     "activations": "asymmetric" if config.activations == "mixed" else "symmetric"}
 
 
 # ModelOpt names its quantizers after module paths (features.3.se.fc1.input_quantizer)
@@ -140,6 +150,7 @@ def _modelopt_ptq(teacher, x, config: QadConfig, log: "BuildLog"):
     import modelopt
 
     return student, {"tool": "modelopt (PyTorch)", "version": modelopt.__version__, "calibration": "max",
+                     "activations": "symmetric (TensorRT's Q/DQ)",
                      "batchnorm": "folded into the convolutions", "signed_activations": True}
 
 

@@ -103,12 +103,36 @@ def test_openvino_qad_build_records_recipe_training_and_runs_int8(ov_qad_path):
         d = q["distillation"]
         assert d["steps"] == 3 and len(d["loss_curve_every_10_steps"]) == 1 and d["seconds"] > 0
         assert q["fake_quantize_ops"] > 50  # the network is quantized, not just its edges
+        assert q["ptq"]["preset"] == "mixed" and q["ptq"]["activations"] == "asymmetric"
         check = engine.manifest["reports"]["check"]
         assert check["gate"]["passed"] and check["host"]["cpu_isa"]
         assert check["metrics"]["cosine_min"] > 0.9
         x = np.random.default_rng(0).standard_normal((3, 3, 224, 224)).astype(np.float32)
         out = engine(x)
         assert out.shape == (3, 1000) and np.isfinite(out).all() and out.std() > 0
+
+
+@pytest.mark.slow
+def test_openvino_qad_activations_are_asymmetric_in_the_ir(ov_qad_path):
+    """The mixed preset reaches the engine: activation FakeQuantize ranges that are not ±symmetric
+    (SiLU outputs span about [-0.28, x]), next to symmetric per-channel weight ranges."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(ov_qad_path / "model.xml"))
+    kinds = {"asymmetric": 0, "symmetric": 0}
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "FakeQuantize":
+            continue
+        low, high = (op.input_value(i).get_node().get_data() for i in (1, 2))
+        if low.size == 1:  # per-tensor: activations
+            kinds["symmetric" if np.isclose(low, -high * 128 / 127, rtol=1e-3) or np.isclose(low, -high, rtol=1e-3)
+                  or low == 0 else "asymmetric"] += 1
+    assert kinds["asymmetric"] >= 10, kinds
+
+
+def test_qad_config_refuses_an_unknown_activation_preset():
+    with pytest.raises(UsageError, match="mixed or performance"):
+        QadConfig(activations="fast")
 
 
 @pytest.mark.slow
