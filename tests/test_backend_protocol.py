@@ -136,6 +136,11 @@ def test_validate_returns_every_declared_option_with_its_default():
     opts = backends.validate(info, backends.load_module(info, for_build=True),
                              BuildSpec(backend="openvino", precision="int8", device="cpu"), {"qad_steps": 7})
     assert opts["recipe"] == "qad" and opts["qad_steps"] == 7  # --qad-steps implies the qad recipe
+    assert opts["preset"] == "mixed"  # QAD's measured best: asymmetric activations, unless the user chose
+    opts = backends.validate(info, backends.load_module(info, for_build=True),
+                             BuildSpec(backend="openvino", precision="int8", device="cpu"),
+                             {"recipe": "qad", "preset": "performance"})
+    assert opts["preset"] == "performance"
 
 
 def test_backend_validate_has_one_call_site():

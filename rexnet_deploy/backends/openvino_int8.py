@@ -69,7 +69,10 @@ def validate(opts: dict[str, Any]) -> dict[str, Any]:
             raise UsageError("--max-drop (accuracy control) is a post-training recipe; it does not combine with --recipe qad")
     elif steps is not None:
         raise UsageError(f"--qad-steps is for --recipe qad, not --recipe {recipe}")
-    return {**opts, "recipe": recipe, "qad_steps": steps, "fast_bias_correction": bool(opts["fast_bias_correction"])}
+    # QAD measured best with asymmetric activations (see qad.QadConfig); the PTQ recipes with symmetric
+    preset = opts.get("preset") or ("mixed" if recipe == "qad" else "performance")
+    return {**opts, "recipe": recipe, "qad_steps": steps, "preset": preset,
+            "fast_bias_correction": bool(opts["fast_bias_correction"])}
 
 
 def quantize(model, ref, calib, opts: dict[str, Any], log: BuildLog) -> tuple[Any, dict[str, Any]]:
@@ -81,7 +84,7 @@ def quantize(model, ref, calib, opts: dict[str, Any], log: BuildLog) -> tuple[An
 
     preset_name, recipe, fast_bc, max_drop = opts["preset"], opts["recipe"], opts["fast_bias_correction"], opts["max_drop"]
     if recipe == "qad":
-        return _quantize_aware_distilled(model, ref, calib, opts["qad_steps"], log)
+        return _quantize_aware_distilled(model, ref, calib, QadConfig(steps=opts["qad_steps"], activations=preset_name), log)
     subset_size = opts["subset_size"] or len(calib)
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
@@ -125,12 +128,12 @@ def quantize(model, ref, calib, opts: dict[str, Any], log: BuildLog) -> tuple[An
     return quantized, record
 
 
-def _quantize_aware_distilled(model, ref, calib, steps: int, log: BuildLog) -> tuple[Any, dict[str, Any]]:
+def _quantize_aware_distilled(model, ref, calib, config: QadConfig, log: BuildLog) -> tuple[Any, dict[str, Any]]:
     """The ``qad`` recipe: quantize and distill the PyTorch model, then convert it to IR."""
     from .. import qad
 
     t0 = time.perf_counter()
-    result = qad.quantize_and_distill(ref.module, calib.tensors(), QadConfig(steps=steps), log)
+    result = qad.quantize_and_distill(ref.module, calib.tensors(), config, log)
     from .openvino import convert
 
     quantized = convert(ref, qad.strip(result.model, tuple(ref.data_config.input_size)))
