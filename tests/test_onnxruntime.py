@@ -69,10 +69,17 @@ def test_int8_graph_is_qdq_uint8_activations_per_channel_weights(ort_int8_path):
     # conv weights: int8, per-channel (a vector of scales along axis 0)
     weight_dq = [n for n in dq if n.input[0] in inits and inits[n.input[0]].ndim == 4]
     assert weight_dq and all(inits[n.input[0]].dtype == np.int8 and inits[n.input[1]].ndim == 1 for n in weight_dq)
+    # the squeeze-excitation gates stay FP32 (float weights), every other convolution is int8
+    producer = {o: n for n in model.graph.node for o in n.output}
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    quantized = {n.name: n.input[1] in producer and producer[n.input[1]].op_type == "DequantizeLinear" for n in convs}
+    se = {name for name in quantized if "/se/" in name}
+    assert se and not any(quantized[n] for n in se) and all(quantized[n] for n in quantized if n not in se)
     with Engine.load(ort_int8_path) as engine:
         m = engine.manifest
         assert m["calibration"]["n"] == 24 and m["reports"]["check"]["n_images"] == 16
-        assert m["backend_config"]["quantization"]["calib_method"] == "minmax"
+        q = m["backend_config"]["quantization"]
+        assert q["calib_method"] == "minmax" and q["calib_moving_average_batch"] == 10
         assert m["reports"]["check"]["metrics"]["cosine_mean"] > 0.9
 
 

@@ -95,9 +95,16 @@ def build(ref, spec: BuildSpec, writer, log: BuildLog, *, calib=None,
     }
 
 
+# Min-max ranges averaged over batches of this many images (ONNX Runtime's CalibMovingAverage):
+# the per-batch extremes, not the single most extreme pixel of all 300 photos. On dev/ (unseen
+# classes) it measured 0.865 top-1 agreement / 29.0 dB against 0.84 / 27.1 dB for the global min-max.
+CALIB_BATCH = 10
+SE_NODE_MARK = "/se/"  # ReXNet's squeeze-excitation gates (exported names): kept FP32, +0.3 dB, +1.5 points
+
+
 def _quantize(src, dst, calib) -> dict[str, Any]:
-    """Min-max ranges: ONNX Runtime's entropy and percentile calibrators ran out of 24 GiB on
-    300 ReXNet images here (they keep every activation histogram of every image)."""
+    """Min-max ranges, averaged per batch: ONNX Runtime's entropy and percentile calibrators ran
+    out of 24 GiB on 300 ReXNet images here (they keep every activation histogram of every image)."""
     import onnx
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
@@ -106,19 +113,21 @@ def _quantize(src, dst, calib) -> dict[str, Any]:
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self._items = iter(calib.tensors())
+            self._items = calib.batches(CALIB_BATCH)
 
         def get_next(self):
             item = next(self._items, None)
             return None if item is None else {"input": item}
 
+    se_nodes = [n.name for n in onnx.load(str(src)).graph.node if SE_NODE_MARK in n.name]
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # quantize_static logs per-node notices on the root logger
     try:
         quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
+                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=se_nodes,
+                        extra_options={"CalibMovingAverage": True})
     finally:
         root.setLevel(level)
     prune_file(dst)  # the Constant min/max of each ReLU6 (Clip) it folded into Q/DQ stay behind, unread
@@ -129,6 +138,8 @@ def _quantize(src, dst, calib) -> dict[str, Any]:
         "activations": "uint8 asymmetric, per-tensor",
         "weights": "int8 symmetric, per-channel, 7-bit range (reduce_range)",
         "calib_method": "minmax",
+        "calib_moving_average_batch": CALIB_BATCH,
+        "fp32_nodes": f"{len(se_nodes)} squeeze-excitation nodes",
         "quantize_linear_nodes": sum(n.op_type == "QuantizeLinear" for n in graph.node),
     }
 
