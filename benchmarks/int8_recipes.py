@@ -20,10 +20,11 @@ from pathlib import Path
 RECIPES = [
     ("openvino/nncf", "openvino", {"recipe": "nncf"}, "NNCF defaults (what a user gets without us)"),
     ("openvino/rexnet", "openvino", {"recipe": "rexnet"}, "NNCF PTQ, 7-bit weights everywhere"),
-    ("openvino/qad", "openvino", {"recipe": "qad"}, "PyTorch PTQ (SE FP32) + 100 QAD steps"),
-    ("tensorrt/entropy", "tensorrt", {"calib_method": "entropy"}, "ModelOpt ONNX PTQ, entropy (emulated on ORT CPU)"),
-    ("tensorrt/qad", "tensorrt", {"qad_steps": 100}, "ModelOpt PyTorch PTQ (BN folded, SE FP32) + 100 QAD steps (emulated)"),
-    ("onnxruntime/u8", "onnxruntime", {}, "ORT quantize_static, u8 activations, 7-bit weights"),
+    ("openvino/qad", "openvino", {"recipe": "qad"}, "PyTorch PTQ (SE FP32, asymmetric activations) + 100 QAD steps"),
+    ("tensorrt/modelopt", "tensorrt", {"recipe": "modelopt"}, "ModelOpt ONNX PTQ, entropy (emulated on ORT CPU)"),
+    ("tensorrt/rexnet", "tensorrt", {}, "ModelOpt PyTorch PTQ, BN folded, SE + depthwise FP16 (emulated)"),
+    ("tensorrt/qad", "tensorrt", {"qad_steps": 100}, "tensorrt/rexnet + 100 QAD steps (emulated)"),
+    ("onnxruntime/u8", "onnxruntime", {}, "ORT quantize_static, u8 activations, 7-bit weights, SE FP32"),
     ("onnxruntime/qad", "onnxruntime", {"qad_steps": 100}, "the distilled int8 Q/DQ graph of tensorrt/qad"),
 ]
 

@@ -128,6 +128,13 @@ def test_validate_returns_every_declared_option_with_its_default():
                              BuildSpec(backend="tensorrt", precision="int8", device="cuda"), {"opt_level": 1})
     assert set(opts) == {o.name for o in info.options}
     assert opts["opt_level"] == 1 and opts["calib_method"] == "entropy" and opts["exclude"] == ()
+    assert opts["recipe"] == "rexnet" and opts["qad_steps"] is None
+    opts = backends.validate(info, backends.load_module(info, for_build=True),
+                             BuildSpec(backend="tensorrt", precision="int8", device="cuda"), {"exclude": ("Gemm",)})
+    assert opts["recipe"] == "modelopt"  # the ONNX-PTQ options imply their recipe
+    opts = backends.validate(info, backends.load_module(info, for_build=True),
+                             BuildSpec(backend="tensorrt", precision="int8", device="cuda"), {"recipe": "qad"})
+    assert opts["qad_steps"] == 100
     info = backends.get("openvino")
     opts = backends.validate(info, backends.load_module(info, for_build=True),
                              BuildSpec(backend="openvino", precision="int8", device="cpu"), {})
@@ -158,8 +165,12 @@ def test_backend_validate_has_one_call_site():
     ("torchscript", "fp32", {"preset": "mixed"}, "the torchscript backend takes no build options (--preset)"),
     ("onnxruntime", "fp32", {"preset": "mixed"}, "the onnxruntime backend does not take --preset"),
     ("onnxruntime", "fp32", {"qad_steps": 5}, "--qad-steps is for --int8 builds"),
-    ("tensorrt", "int8", {"qad_steps": 5, "exclude": ("Gemm",)}, "does not combine with --calib-cache or --exclude"),
-    ("tensorrt", "fp16", {"recipe": "rexnet"}, "the tensorrt backend does not take --recipe"),
+    ("tensorrt", "int8", {"qad_steps": 5, "exclude": ("Gemm",)}, "--exclude is for --recipe modelopt (ModelOpt ONNX PTQ), not --recipe qad"),
+    ("tensorrt", "int8", {"recipe": "rexnet", "calib_method": "max"}, "--calib-method is for --recipe modelopt"),
+    ("tensorrt", "int8", {"recipe": "modelopt", "qad_steps": 3}, "--qad-steps is for --recipe qad, not --recipe modelopt"),
+    ("tensorrt", "int8", {"recipe": "fast"}, "--recipe must be one of rexnet, modelopt, qad"),
+    ("tensorrt", "fp16", {"recipe": "rexnet"}, "--recipe is for --int8 builds"),
+    ("torchscript", "fp32", {"recipe": "rexnet"}, "the torchscript backend takes no build options (--recipe)"),
     ("openvino", "fp32", {"preset": "mixed"}, "--preset only apply to --int8 builds"),
     ("openvino", "int8", {"preset": "fast"}, "--preset must be one of performance, mixed, got 'fast'"),
     ("tensorrt", "fp16", {"calib_method": "max"}, "--calib-method is for --int8 builds"),

@@ -71,9 +71,14 @@ _QAD_QDQ = Option("qad_steps", "int", "INT8 by quantization-aware distillation (
                   "toward the FP32 logits on augmented calibration photos) instead of post-training ranges.",
                   precisions=("int8",))
 _TENSORRT_OPTIONS = (
+    Option("recipe", "str", "'rexnet' (ModelOpt PyTorch PTQ, BatchNorm folded, SE gates and depthwise convolutions "
+           "left FP16: best fidelity on unseen photos), 'modelopt' (ModelOpt ONNX PTQ: --calib-method, --exclude, "
+           "--calib-cache) or 'qad' (rexnet + --qad-steps of distillation).", precisions=("int8",),
+           choices=("rexnet", "modelopt", "qad"),
+           default_text="rexnet; modelopt with --calib-method/--exclude/--calib-cache; qad with --qad-steps"),
     _QAD_QDQ,
-    Option("calib_method", "str", "ModelOpt calibration.", default="entropy", precisions=("int8",),
-           choices=("entropy", "max")),
+    Option("calib_method", "str", "ModelOpt ONNX calibration (--recipe modelopt).", precisions=("int8",),
+           choices=("entropy", "max"), default_text="entropy"),
     Option("exclude", "str", "keep these op types (Gemm) or node-name regexes (features\\.0/) in FP32; repeatable.",
            precisions=("int8",), multiple=True, metavar="PATTERN"),
     Option("calib_cache", "path", "rebuild from this calibration cache (an artifact's calib.cache) instead of images.",

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import BuildError, UsageError
-from ..qad import QadConfig, check_steps, library_output
+from ..qad import DEFAULT_STEPS, QadConfig, check_steps, library_output
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..log import BuildLog
@@ -51,7 +51,6 @@ RECIPES: dict[str, Recipe] = {
     "nncf": Recipe("NNCF's own defaults (overflow fix on the first layer only)", "first_layer_only"),
 }
 DEFAULT_RECIPE = "rexnet"
-QAD_DEFAULT_STEPS = 100  # gains came in the first 50-100 steps and then flattened (README "INT8 fidelity")
 
 
 def validate(opts: dict[str, Any]) -> dict[str, Any]:
@@ -64,7 +63,7 @@ def validate(opts: dict[str, Any]) -> dict[str, Any]:
     steps = opts.get("qad_steps")
     recipe = opts["recipe"] or ("qad" if steps is not None else DEFAULT_RECIPE)
     if recipe == "qad":
-        steps = QAD_DEFAULT_STEPS if steps is None else check_steps(steps)
+        steps = DEFAULT_STEPS if steps is None else check_steps(steps)
         if opts["max_drop"] is not None:
             raise UsageError("--max-drop (accuracy control) is a post-training recipe; it does not combine with --recipe qad")
     elif steps is not None:

@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
 GRAPH = "model.onnx"
 ENGINE_FILE = "model.engine"
 CALIB_CACHE = "calib.cache"
+DEFAULT_RECIPE = "rexnet"  # INT8: the best measured on unseen photos (README "INT8 fidelity on unseen classes")
 EMULATION = "onnxruntime-cpu"
 
 
@@ -56,13 +57,7 @@ def validate(spec: BuildSpec, options: dict[str, Any]) -> dict[str, Any]:
     opts = with_defaults(info.options, options)
     if opts["calib_cache"] is not None and not Path(opts["calib_cache"]).is_file():
         raise UsageError(f"--calib-cache {opts['calib_cache']} does not exist")
-    if opts["qad_steps"] is not None:
-        from ..qad import check_steps
-
-        opts["qad_steps"] = check_steps(opts["qad_steps"])
-        if opts["calib_cache"] is not None or opts["exclude"]:
-            raise UsageError("--qad-steps trains on calibration images and quantizes every layer but the SE gates; "
-                             "it does not combine with --calib-cache or --exclude")
+    opts["recipe"] = _resolve_recipe(opts)
     if not 0 <= int(opts["opt_level"]) <= 5:
         raise UsageError(f"--opt-level must be 0..5 (TensorRT's builder optimization level), got {opts['opt_level']}")
     if int(opts["workspace_mib"]) < 1:
@@ -71,6 +66,27 @@ def validate(spec: BuildSpec, options: dict[str, Any]) -> dict[str, Any]:
             "workspace_mib": int(opts["workspace_mib"]),
             "calib_cache": Path(opts["calib_cache"]) if opts["calib_cache"] is not None else None,
             "timing_cache": Path(opts["timing_cache"] or _trt.default_timing_cache())}
+
+
+def _resolve_recipe(opts: dict[str, Any]) -> str | None:
+    """The INT8 recipe: the one asked for, else the one the other options imply (``--qad-steps``:
+    qad; the ONNX-PTQ options: modelopt), else ``rexnet``; options of another recipe are refused."""
+    from ..qad import DEFAULT_STEPS, check_steps
+
+    onnx_ptq = [flag for flag, given in (("--calib-method", opts["calib_method"] is not None),
+                                         ("--exclude", bool(opts["exclude"])),
+                                         ("--calib-cache", opts["calib_cache"] is not None)) if given]
+    recipe = opts["recipe"] or ("qad" if opts["qad_steps"] is not None else "modelopt" if onnx_ptq else DEFAULT_RECIPE)
+    if opts["qad_steps"] is not None:
+        opts["qad_steps"] = check_steps(opts["qad_steps"])
+        if recipe != "qad":
+            raise UsageError(f"--qad-steps is for --recipe qad, not --recipe {recipe}")
+    if onnx_ptq and recipe != "modelopt":
+        raise UsageError(f"{onnx_ptq[0]} is for --recipe modelopt (ModelOpt ONNX PTQ), not --recipe {recipe}")
+    if recipe == "qad" and opts["qad_steps"] is None:
+        opts["qad_steps"] = DEFAULT_STEPS
+    opts["calib_method"] = opts["calib_method"] or "entropy"
+    return recipe
 
 
 def build(ref, spec: BuildSpec, writer, log: BuildLog, *, calib=None,
@@ -88,11 +104,12 @@ def build(ref, spec: BuildSpec, writer, log: BuildLog, *, calib=None,
     if spec.precision == "fp16":
         log("converting the graph to FP16 (ModelOpt autocast, FP32 input/output)")
         config["precision_pass"] = modelopt_passes.to_fp16(fp32, graph)
-    elif spec.precision == "int8" and opts["qad_steps"] is not None:
+    elif spec.precision == "int8" and opts["recipe"] in ("rexnet", "qad"):
         from .. import qad
 
-        # (no calib.cache: the distilled weights are part of the graph; ranges alone cannot rebuild it)
-        config["precision_pass"] = qad.qdq_graph(ref, calib, int(opts["qad_steps"]), graph, log)
+        # (no calib.cache: the graph's weights are folded/distilled; ranges alone cannot rebuild it)
+        steps = int(opts["qad_steps"]) if opts["recipe"] == "qad" else 0
+        config["precision_pass"] = qad.qdq_graph(ref, calib, steps, graph, log, recipe=opts["recipe"])
     elif spec.precision == "int8":
         cache, method = opts["calib_cache"], opts["calib_method"]
         source = f"the calibration cache {cache}" if calib is None else f"{len(calib)} calibration images"
