@@ -380,7 +380,7 @@ def predict_command(engine_path, images, topk, skip_bad, as_json, rebuild_engine
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--calib", type=click.Path(), default=None, help="Calibration images for the INT8 engines (without: INT8 is skipped).")
 @click.option("--calib-size", type=int, default=300, show_default=True)
-@click.option("--images", type=click.Path(), default=None, help="Images every engine is checked on [INT8: held-out calibration images; others: generated].")
+@click.option("--images", type=click.Path(), default=None, help="Images every engine is checked on [with --calib: every engine on the held-out calibration images; without: generated].")
 @click.option("--labels", type=click.Path(), default=None, help="CSV file,class_index for --images.")
 @click.option("--eval-images", type=click.Path(), default=None,
               help="Also measure every engine on these photos (ideally of classes the calibration set lacks; labels "
