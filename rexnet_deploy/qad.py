@@ -200,6 +200,8 @@ def distill(student: "torch.nn.Module", teacher: "torch.nn.Module", x: "torch.Te
         p.requires_grad_(p.is_floating_point())
     optimizer = torch.optim.Adam(params, lr=config.lr)
     t = config.temperature
+    log(f"distilling {config.steps} steps toward the FP32 logits (KL at temperature {t:g}, Adam lr {config.lr:g}, "
+        f"batch {config.batch})")
     losses: list[float] = []
     t0 = time.perf_counter()
     for step in range(1, config.steps + 1):
@@ -305,9 +307,15 @@ def constants_to_initializers(graph) -> int:
     return len(moved)
 
 
-def _import_modelopt():
+def quiet_torch_notices() -> None:
+    """Silence torch's notices about NNCF/torchao/ModelOpt internals (no CUDA runtime on a CPU
+    host, Enum registration): they are not about the user's build."""
     for name in ("torch.utils.cpp_extension", "torch.utils._pytree"):
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _import_modelopt():
+    quiet_torch_notices()
     try:
         import warnings
 
@@ -322,9 +330,7 @@ def _import_modelopt():
 
 def _import_nncf():
     os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", EXTENSION_TIMEOUT_S)
-    # torch's notices about NNCF/torchao internals (no CUDA runtime, Enum registration), not the user's build
-    for name in ("torch.utils.cpp_extension", "torch.utils._pytree"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    quiet_torch_notices()
     try:
         import nncf
         import nncf.torch  # noqa: F401  (the PyTorch backend)

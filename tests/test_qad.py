@@ -171,3 +171,44 @@ def test_qdq_pytorch_graph_follows_tensorrt_rules_and_runs_on_onnxruntime(tmp_pa
         else:
             assert record["recipe"] == "qad" and record["distillation"]["steps"] == 2
         assert engine.manifest["reports"]["check"]["metrics"]["cosine_min"] > 0.9
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_distillation_leaves_nothing(tmp_path, calib_dir):
+    """A real SIGINT to the CLI in the middle of distillation: exit 130, one error line, no
+    artifact at --out and no staging folder beside it."""
+    import os
+    import queue
+    import signal
+    import subprocess
+    import sys
+    import threading
+    from pathlib import Path
+
+    pytest.importorskip("nncf")
+    pytest.importorskip("torchao")
+    out = tmp_path / "engine"
+    exe = Path(sys.executable).parent / "rexnet-deploy"
+    proc = subprocess.Popen([str(exe), "build", "--backend", "openvino", "--int8", "--qad-steps", "4000",
+                             "--calib", str(calib_dir), "--calib-size", "24", "--weights", "random",
+                             "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ))
+    lines: queue.Queue = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True)
+    reader.start()
+    seen: list[str] = []
+    try:
+        while not any("distilling 4000 steps" in line for line in seen):
+            seen.append(lines.get(timeout=300))  # raises queue.Empty (fails) if it never gets there
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(timeout=10)
+    while not lines.empty():
+        seen.append(lines.get())
+    err = "".join(seen)
+    assert proc.returncode == 130, err
+    assert "error: interrupted" in err and "Traceback" not in err
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == []

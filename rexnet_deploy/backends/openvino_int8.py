@@ -16,7 +16,6 @@ Three paths:
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -24,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import BuildError, UsageError
-from ..qad import DEFAULT_STEPS, QadConfig, check_steps, library_output
+from ..qad import DEFAULT_STEPS, QadConfig, check_steps, library_output, quiet_torch_notices
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..log import BuildLog
@@ -77,8 +76,7 @@ def validate(opts: dict[str, Any]) -> dict[str, Any]:
 def quantize(model, ref, calib, opts: dict[str, Any], log: BuildLog) -> tuple[Any, dict[str, Any]]:
     """Quantize the OpenVINO ``model`` on ``calib`` (a loaded CalibrationSet) with the options
     :func:`validate` returned; returns the INT8 model and the manifest's record of how it was made."""
-    # NNCF imports torch's cpp_extension, which warns that a CPU host has no CUDA runtime
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    quiet_torch_notices()  # NNCF imports torch internals that warn about a CPU host
     import nncf
 
     preset_name, recipe, fast_bc, max_drop = opts["preset"], opts["recipe"], opts["fast_bias_correction"], opts["max_drop"]
