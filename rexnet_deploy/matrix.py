@@ -156,14 +156,16 @@ def chart(result: dict[str, Any], reports: list[dict[str, Any]]):
 
     rows = [r for r in result["rows"] if _measured(r)]
     figures = "eval" if result.get("eval_images") else "check"
-    where = (f"evaluation photos ({result['eval_images']})" if figures == "eval"
-             else f"check photos ({result['check_images']})")
+    # the folder goes in the title: a path in the axis label overflows the panel
+    where, folder = (("evaluation photos", result["eval_images"]) if figures == "eval"
+                     else ("check photos", result["check_images"]))
     return matrix_figure(
         reports, frontier_points(rows, figures), refused={r["engine"] for r in rows if r["refused"]},
         agreement_label=f"top-1 agreement with FP32, {where}",
         throughput_label=f"throughput at batch {result['batches'][-1]} (images/s)",
         title=f"{result['model']}: latency and throughput per batch (dashed: the FP32 eager reference of the first "
-              "engine's run); fidelity against speed (hollow: refused by its accuracy gate)")
+              f"engine's run)\nright: fidelity against speed on the {where} ({folder}; hollow: refused by its "
+              "accuracy gate)")
 
 
 # (header, summary key, digits): the fidelity columns, each with the check and eval figures side by side
