@@ -136,6 +136,9 @@ def _nncf_ptq(teacher, x, config: QadConfig, log: "BuildLog"):
 # ModelOpt names its quantizers after module paths (features.3.se.fc1.input_quantizer)
 MODELOPT_SE_PATTERN = "*se.*"
 MODELOPT_DEPTHWISE_PATTERN = "*conv_dw*"  # timm ReXNet: features.N.conv_dw.conv
+# The head's global-pool input (1280 SiLU channels): the one activation quantizer that cost most, 2.4 dB
+# of 31.9 on held-out calibration photos (each quantizer switched off alone); pooling gains nothing from int8.
+MODELOPT_POOL_PATTERN = "*global_pool*"
 
 
 def _modelopt_ptq(teacher, x, config: QadConfig, log: "BuildLog"):
@@ -148,6 +151,7 @@ def _modelopt_ptq(teacher, x, config: QadConfig, log: "BuildLog"):
         cfg["quant_cfg"].append({"quantizer_name": MODELOPT_SE_PATTERN, "enable": False})
     if config.float_depthwise:
         cfg["quant_cfg"].append({"quantizer_name": MODELOPT_DEPTHWISE_PATTERN, "enable": False})
+    cfg["quant_cfg"].append({"quantizer_name": MODELOPT_POOL_PATTERN, "enable": False})
 
     def forward_loop(model) -> None:
         with torch.no_grad():
@@ -161,7 +165,8 @@ def _modelopt_ptq(teacher, x, config: QadConfig, log: "BuildLog"):
     return student, {"tool": "modelopt (PyTorch)", "version": modelopt.__version__, "calibration": "max",
                      "activations": "symmetric (TensorRT's Q/DQ)",
                      "unquantized": ["squeeze-excitation gates"] * bool(config.ignored_patterns)
-                     + ["depthwise convolutions (FP16 on TensorRT)"] * config.float_depthwise,
+                     + ["depthwise convolutions (FP16 on TensorRT)"] * config.float_depthwise
+                     + ["the global-pool input"],
                      "batchnorm": "folded into the convolutions", "signed_activations": True}
 
 
