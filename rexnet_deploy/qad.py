@@ -281,7 +281,8 @@ def to_onnx(student: "torch.nn.Module", path, chw: tuple[int, int, int], output_
 
 def qdq_graph(ref, calib, steps: int, path, log: "BuildLog", *, recipe: str = "qad") -> dict[str, Any]:
     """The PyTorch recipes for Q/DQ graphs (TensorRT, ONNX Runtime): ModelOpt PTQ (BatchNorm
-    folded, SE gates and depthwise convolutions unquantized), then ``steps`` of distillation (0:
+    folded; SE gates, depthwise convolutions and the global-pool input unquantized, see
+    :func:`_modelopt_ptq`), then ``steps`` of distillation (0:
     the ``rexnet`` recipe, PTQ alone), exported to ``path``, pruned and held to TensorRT's Q/DQ
     rules. Returns the manifest record."""
     import onnx

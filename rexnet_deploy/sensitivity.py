@@ -223,11 +223,11 @@ def analyze(target: str, *, calib: str, weights: str = "pretrained", seed: int =
         if m["head"] != "classify":
             raise UsageError("sensitivity ranks layers by top-1 agreement: it needs a classify-head model")
         model = ModelSpec.from_record(m)
-        pytorch_recipe = manifest["backend_config"].get("precision_pass", {}).get("recipe") in ("rexnet", "qad")
-        if pytorch_recipe:  # its graph is of the BatchNorm-folded model: not the FP32 export's layers to swap
-            log(f"note: {target} was quantized in PyTorch (--recipe {manifest['backend_config']['precision_pass']['recipe']}); "
+        recipe = manifest["backend_config"].get("precision_pass", {}).get("recipe")
+        if recipe in ("rexnet", "qad"):  # its graph is of the BatchNorm-folded model: not the FP32 export's layers
+            log(f"note: {target} was quantized in PyTorch (--recipe {recipe}); "
                 "ranking layers of ModelOpt's ONNX PTQ of its model instead")
-        if manifest["backend"] == "tensorrt" and manifest["precision"] == "int8" and not pytorch_recipe:
+        elif manifest["backend"] == "tensorrt" and manifest["precision"] == "int8":
             qdq_source = Path(target) / manifest["backend_config"]["graph"]
             recorded = manifest.get("calibration")
             if recorded:  # draw the artifact's own calibration sample, so the measuring images are held out

@@ -68,7 +68,7 @@ def validate(spec: BuildSpec, options: dict[str, Any]) -> dict[str, Any]:
             "timing_cache": Path(opts["timing_cache"] or _trt.default_timing_cache())}
 
 
-def _resolve_recipe(opts: dict[str, Any]) -> str | None:
+def _resolve_recipe(opts: dict[str, Any]) -> str:
     """The INT8 recipe: the one asked for, else the one the other options imply (``--qad-steps``:
     qad; the ONNX-PTQ options: modelopt), else ``rexnet``; options of another recipe are refused."""
     from ..qad import DEFAULT_STEPS, check_steps
