@@ -374,6 +374,28 @@ def predict_command(engine_path, images, topk, skip_bad, as_json, rebuild_engine
         click.echo(f"skipped {f}: {why}", err=True)
 
 
+@main.command(name="serve")
+@click.argument("engine_path", metavar="ENGINE", type=click.Path())
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0 exposes the service to the network).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port (0: a free one, announced on stderr).")
+@click.option("--max-batch", type=click.IntRange(min=1), default=32, show_default=True, help="Largest batch (clamped to the engine's batch range).")
+@click.option("--max-delay-ms", type=click.FloatRange(min=0), default=2.0, show_default=True, help="Longest a request waits for its batch to fill.")
+@click.option("--max-queue", type=click.IntRange(min=1), default=1024, show_default=True, help="Queued requests past which new ones get 503 (overloaded).")
+@click.option("--max-body-mb", type=click.FloatRange(min=0, min_open=True), default=16.0, show_default=True, help="Request body limit (413 past it).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="uvicorn worker processes, each with its own engine.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Engine threads per worker (openvino, onnxruntime) [all cores].")
+@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info", show_default=True)
+def serve_command(engine_path, host, port, max_batch, max_delay_ms, max_queue, max_body_mb, workers, threads,
+                  log_level) -> None:
+    """HTTP inference service: POST /v1/predict (image bytes), POST /v1/infer (tensor), GET /healthz, GET /metrics.
+    Requests are batched dynamically (see the README's Serving section). Needs the serve extra."""
+    from .serving.server import serve
+
+    serve(engine_path, host=host, port=port, workers=workers, max_batch=max_batch, max_delay_ms=max_delay_ms,
+          max_queue=max_queue, max_body_bytes=int(max_body_mb * 1024 * 1024),
+          engine_options=_engine_options(threads=threads), log_level=log_level)
+
+
 @main.command(name="matrix")
 @click.option("--model", default="rexnet_100", show_default=True, help="ReXNet family member.")
 @click.option("--weights", default="pretrained", show_default=True, help="pretrained, a weights file, or random (with --seed).")

@@ -54,6 +54,15 @@ class GateFailed(RexnetDeployError):
         self.reports = reports or {}
 
 
+class Overloaded(RexnetDeployError):
+    """A serving queue is full: the request is refused at once (HTTP 503) rather than queued
+    without bound; the client should retry later or the service needs more capacity."""
+
+
+class ServiceClosed(RexnetDeployError):
+    """A request reached a serving batcher that is closing or closed (HTTP 503)."""
+
+
 def one_line(text: object) -> str:
     """Collapse a message to its first non-empty line (library errors are often multi-line)."""
     for line in str(text).splitlines():

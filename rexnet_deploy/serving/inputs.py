@@ -1,0 +1,69 @@
+"""One request's input → the float32 CHW tensor a batch is stacked from, or an error for that
+request alone. Runs in the submitting thread (or the batcher's preprocessing pool), never in the
+engine worker: a corrupt image fails here, before it could join (and spoil) a batch."""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import ImageError, InputError, one_line
+from ..images import array_to_image, load_image, to_rgb
+from ..preprocess import PreprocessConfig, preprocess_image
+
+
+def decode_image_bytes(data: bytes) -> Image.Image:
+    """Encoded image bytes (JPEG, PNG, WebP, ...) → RGB PIL image, fully decoded; ImageError if not."""
+    if not data:
+        raise ImageError("empty image body", [("<bytes>", "empty")])
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()  # decode now: a truncated upload fails here, in its own request
+            return to_rgb(img)
+    except UnidentifiedImageError:
+        reason = "not a supported image format"
+    except Image.DecompressionBombError:
+        reason = "image too large"
+    except (OSError, SyntaxError, ValueError) as exc:
+        reason = f"corrupt image ({one_line(exc)})"
+    raise ImageError(f"cannot read image: {reason}", [("<bytes>", reason)])
+
+
+def check_tensor(x: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
+    """A preprocessed (C, H, W) or (1, C, H, W) float32 array → contiguous (C, H, W); InputError
+    with the fix otherwise (the batcher skips the engine's whole-batch validation, so this is it)."""
+    _, c, h, w = input_shape
+    if x.ndim == 4 and x.shape[0] == 1:
+        x = x[0]
+    if x.shape != (c, h, w):
+        if x.shape == (h, w, c):
+            raise InputError(f"tensor looks HWC {x.shape}; expected CHW ({c}, {h}, {w}): use x.transpose(2, 0, 1)")
+        raise InputError(f"tensor must have shape ({c}, {h}, {w}) (one image, CHW), got {x.shape}")
+    if x.dtype != np.float32:
+        raise InputError(f"tensor must be float32 (normalized, see engine.preprocess), got {x.dtype}")
+    if not np.isfinite(x).all():
+        raise InputError("tensor contains NaN or inf values")
+    return np.ascontiguousarray(x)
+
+
+def to_tensor(item: Any, cfg: PreprocessConfig, input_shape: tuple[int, ...]) -> np.ndarray:
+    """A float array is taken as preprocessed; bytes, a path, a PIL image or a uint8 HxWx3 array
+    is decoded and run through the engine's eval transform."""
+    if isinstance(item, np.ndarray) and item.dtype.kind == "f":
+        return check_tensor(item, input_shape)
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        img = decode_image_bytes(bytes(item))
+    elif isinstance(item, (str, os.PathLike)):
+        img = load_image(item)
+    elif isinstance(item, Image.Image):
+        img = to_rgb(item)
+    elif isinstance(item, np.ndarray):
+        img = array_to_image(item)
+    else:
+        raise InputError(f"cannot serve a {type(item).__name__}: pass a float32 CHW tensor, image bytes, "
+                         "a path, a PIL image or a uint8 HxWx3 array")
+    return preprocess_image(img, cfg)
