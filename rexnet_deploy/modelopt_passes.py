@@ -11,8 +11,13 @@ calibrators): the precision is in the graph. NVIDIA's ModelOpt writes both graph
   per-channel weights, per-tensor activations), calibrated with ``entropy`` or ``max`` on ONNX
   Runtime CPU.
 
-The INT8 graph keeps FP32 between the Q/DQ pairs (``high_precision_dtype="fp32"``): ModelOpt's
-default, FP16 there, gave garbage on ReXNet (0% top-1 agreement; see the TensorRT issue's note).
+The INT8 graph TensorRT compiles is FP16 between the Q/DQ pairs (``high_precision_dtype="fp16"``,
+ModelOpt's default; :func:`qdq_to_fp16` does the same to the PyTorch recipes' graphs): a strongly
+typed network runs what the graph says, so FP32 there would run FP32/TF32 and make the INT8 engine
+slower than the FP16 one. ONNX Runtime's CPU ``QuantizeLinear`` truncates FP16 inputs instead of
+rounding them (onnxruntime#18576; 0% top-1 agreement on ReXNet), so every CPU run of such a graph
+goes through :func:`fp32_quantize_inputs` first: a Cast to FP32 before each QuantizeLinear, exact
+for FP16 values.
 
 Calibrated activation ranges are saved as a TensorRT-format calibration cache (``calib.cache``:
 a header line, then ``tensor: <big-endian float32 scale in hex>``), the format ModelOpt reads
@@ -51,7 +56,7 @@ def to_fp16(src: Path, dst: Path) -> dict[str, Any]:
                                            providers=["cpu"])
     prune(model)  # every graph we store is free of unread nodes and initializers (see onnx_export)
     onnx.save(model, str(dst))
-    fp32_nodes = _fp32_compute_nodes(model)
+    fp32_nodes = fp32_compute_nodes(model)
     return {
         "tool": "modelopt.onnx.autocast.convert_to_mixed_precision",
         "modelopt": _modelopt_version(),
@@ -63,18 +68,26 @@ def to_fp16(src: Path, dst: Path) -> dict[str, Any]:
 
 
 # -- INT8 ---------------------------------------------------------------------------------------
+HIGH_PRECISION = ("fp32", "fp16")
+
+
 def quantize_int8(src: Path, dst: Path, *, calib=None, method: str = "entropy", exclude: Sequence[str] = (),
-                  cache: Path | None = None, warn: Warn = lambda _m: None) -> dict[str, Any]:
+                  cache: Path | None = None, high_precision: str = "fp32",
+                  warn: Warn = lambda _m: None) -> dict[str, Any]:
     """Write the Q/DQ graph of ``src`` to ``dst``, calibrated on ``calib`` (a loaded
-    CalibrationSet) or, without images, on the activation scales of ``cache``.
+    CalibrationSet) or, without images, on the activation scales of ``cache``. ``high_precision``:
+    the type between the Q/DQ pairs (``fp16`` for TensorRT; input and output stay FP32).
 
     ``exclude``: op types (``Gemm``) or regular expressions searched in node names
-    (``features\\.0/``), kept in FP32; a pattern that matches nothing is a warning. ``method`` is
-    ``entropy`` or ``max`` (the choices of the TensorRT backend's ``calib_method`` option, checked there).
+    (``features\\.0/``), left unquantized (in the high precision); a pattern that matches nothing
+    is a warning. ``method`` is ``entropy`` or ``max`` (the choices of the TensorRT backend's
+    ``calib_method`` option, checked there).
     """
     import onnx
     from modelopt.onnx.quantization import quantize
 
+    if high_precision not in HIGH_PRECISION:
+        raise ValueError(f"high_precision must be one of {HIGH_PRECISION}, got {high_precision!r}")
     graph = onnx.load(str(src)).graph
     op_types, node_names = resolve_exclude(graph, exclude, warn)
     cached = None
@@ -87,7 +100,7 @@ def quantize_int8(src: Path, dst: Path, *, calib=None, method: str = "entropy", 
         # Exact names, anchored: ModelOpt re.match()es each entry against node names.
         quantize(str(src), quantize_mode="int8", calibration_data=data, calibration_method=method,
                  calibration_cache_path=str(cache) if cache is not None else None,
-                 calibration_eps=["cpu"], high_precision_dtype="fp32",
+                 calibration_eps=["cpu"], high_precision_dtype=high_precision,
                  op_types_to_exclude=op_types or None,
                  nodes_to_exclude=[re.escape(n) + "$" for n in node_names] or None,
                  output_path=str(dst), log_level="CRITICAL")
@@ -111,7 +124,8 @@ def quantize_int8(src: Path, dst: Path, *, calib=None, method: str = "entropy", 
         "format": "QDQ",
         "activations": "int8 symmetric, per-tensor",
         "weights": "int8 symmetric, per-channel",
-        "high_precision": "fp32",
+        "high_precision": high_precision,
+        "nodes_kept_fp32": fp32_compute_nodes(model) if high_precision == "fp16" else None,
         "calib_method": method,
         "calib_source": "cache" if calib is None else "images",
         "exclude": list(exclude),
@@ -125,6 +139,57 @@ def quantize_int8(src: Path, dst: Path, *, calib=None, method: str = "entropy", 
         "convs_kept_fp32": kept,
         "seconds": round(time.perf_counter() - started, 1),
     }
+
+
+def qdq_to_fp16(path: Path) -> dict[str, Any]:
+    """Convert, in place, the floating-point parts of a Q/DQ graph (the PyTorch recipes' export)
+    to FP16, input and output kept FP32: ModelOpt's own conversion, the one its ONNX quantizer
+    applies for ``high_precision_dtype="fp16"`` (FP16 scales need opset 19, which it sets)."""
+    import onnx
+    from modelopt.onnx.autocast.convert import convert_to_f16
+
+    from .qad import constants_to_initializers
+
+    started = time.perf_counter()
+    with _quiet_modelopt():
+        model = convert_to_f16(onnx.load(str(path)), low_precision_type="fp16", keep_io_types=True)
+    constants_to_initializers(model.graph)  # the opset upgrade writes ReduceMean's axes as Constant nodes
+    prune(model)
+    problems = trt_rule_violations(model)
+    if problems:
+        raise BuildError(f"the FP16 Q/DQ graph breaks TensorRT's rules: {problems[0]} ({len(problems)} problem(s))")
+    onnx.save(model, str(path))
+    return {"tool": "modelopt.onnx.autocast.convert_to_f16", "io": "fp32",
+            "opset": next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+            "nodes_kept_fp32": fp32_compute_nodes(model), "seconds": round(time.perf_counter() - started, 1)}
+
+
+def fp32_quantize_inputs(model) -> tuple[Any, int]:
+    """A copy of ``model`` in which every QuantizeLinear of FP16 (input and scale, same type by
+    the ONNX spec) reads both cast to FP32; returns it and how many were rewired. For ONNX Runtime
+    CPU, whose FP16 QuantizeLinear truncates toward zero (onnxruntime#18576) where TensorRT and the
+    ONNX spec round half to even: FP16 → FP32 is exact, so the FP32 kernel quantizes the same
+    values. Everything else, DequantizeLinear included, stays FP16."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    fp16 = {i.name for i in out.graph.initializer if i.data_type == TensorProto.FLOAT16}
+    fp16 |= {v.name for v in list(out.graph.value_info) + list(out.graph.input)
+             if v.type.tensor_type.elem_type == TensorProto.FLOAT16}
+    nodes, rewired = [], 0
+    for node in out.graph.node:
+        if node.op_type == "QuantizeLinear" and node.input[1] in fp16:
+            for k in (0, 1):
+                cast = f"{node.name or node.output[0]}/fp32_input_{k}"
+                nodes.append(helper.make_node("Cast", [node.input[k]], [cast], name=cast, to=TensorProto.FLOAT))
+                node.input[k] = cast
+            rewired += 1
+        nodes.append(node)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return out, rewired
 
 
 def resolve_exclude(graph, patterns: Iterable[str], warn: Warn) -> tuple[list[str], list[str]]:
@@ -151,10 +216,15 @@ def resolve_exclude(graph, patterns: Iterable[str], warn: Warn) -> tuple[list[st
 def activation_scales(model) -> dict[str, float]:
     """Per-tensor scale of every quantized activation (tensor → scale) in a Q/DQ graph."""
     init = _initializers(model.graph)
+    producer = {o: n for n in model.graph.node for o in n.output}
     scales = {}
     for node in model.graph.node:
         if node.op_type == "QuantizeLinear" and node.input[0] not in init:
-            scales[node.input[0]] = float(np.asarray(init[node.input[1]]).reshape(-1)[0])
+            name = node.input[0]
+            cast = producer.get(name)
+            if cast is not None and cast.op_type == "Cast":  # the FP16 graph's cast of the FP32 input: same tensor
+                name = cast.input[0]
+            scales[name] = float(np.asarray(init[node.input[1]]).reshape(-1)[0])
     return scales
 
 
@@ -260,12 +330,15 @@ def _initializers(graph) -> dict[str, np.ndarray]:
     return {i.name: numpy_helper.to_array(i) for i in graph.initializer}
 
 
-def _fp32_compute_nodes(model) -> list[str]:
-    """Nodes of an autocast graph that still compute in FP32 (besides the I/O casts)."""
+def fp32_compute_nodes(model) -> list[str]:
+    """Nodes of an FP16 graph (autocast, or Q/DQ with FP16 between the pairs) that still read an
+    FP32 tensor, besides the I/O casts; the types come from ONNX shape inference."""
     import onnx
 
-    fp32 = {v.name for v in list(model.graph.value_info) + list(model.graph.input)
+    inferred = onnx.shape_inference.infer_shapes(model)
+    fp32 = {v.name for v in list(inferred.graph.value_info) + list(inferred.graph.input)
             if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    fp32 |= {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
     return sorted(n.name for n in model.graph.node
                   if n.op_type not in ("Cast", "Constant") and any(i in fp32 for i in n.input))
 

@@ -7,10 +7,15 @@ the graph the engine was compiled from, so an engine can be rebuilt for another 
 version from the artifact alone (``Engine.load(path, rebuild_engine=True)``, CLI
 ``--rebuild-engine``).
 
+INT8 graphs are FP16 between their Q/DQ pairs, as TensorRT should run them (a strongly typed
+network takes the graph's types: FP32 there would run FP32/TF32).
+
 Without TensorRT or a CUDA GPU (``--onnx-only`` makes that the intent) the build stops after the
 graph and says so in one line; its check then runs the same graph on ONNX Runtime CPU
 ("emulation", ``check --emulate``): the Q/DQ or FP16 graph TensorRT would compile, proven
-against the FP32 reference — not a TensorRT measurement.
+against the FP32 reference — not a TensorRT measurement. One edit makes ONNX Runtime quantize as
+TensorRT does: a Cast to FP32 before each QuantizeLinear (its FP16 kernel truncates), and the
+check report says so.
 """
 
 from __future__ import annotations
@@ -109,13 +114,17 @@ def build(ref, spec: BuildSpec, writer, log: BuildLog, *, calib=None,
 
         # (no calib.cache: the graph's weights are folded/distilled; ranges alone cannot rebuild it)
         steps = int(opts["qad_steps"]) if opts["recipe"] == "qad" else 0
-        config["precision_pass"] = qad.qdq_graph(ref, calib, steps, graph, log, recipe=opts["recipe"])
+        record = qad.qdq_graph(ref, calib, steps, graph, log, recipe=opts["recipe"])
+        log("converting the Q/DQ graph's floating-point parts to FP16 (ModelOpt, FP32 input/output)")
+        fp16 = modelopt_passes.qdq_to_fp16(graph)
+        config["precision_pass"] = {**record, "high_precision": "fp16", "fp16_conversion": fp16}
     elif spec.precision == "int8":
         cache, method = opts["calib_cache"], opts["calib_method"]
         source = f"the calibration cache {cache}" if calib is None else f"{len(calib)} calibration images"
         log(f"inserting INT8 Q/DQ (ModelOpt, {method} calibration on {source})")
         config["precision_pass"] = modelopt_passes.quantize_int8(
-            fp32, graph, calib=calib, method=method, exclude=opts["exclude"], cache=cache, warn=log)
+            fp32, graph, calib=calib, method=method, exclude=opts["exclude"], cache=cache, high_precision="fp16",
+            warn=log)
         entries = modelopt_passes.write_calib_cache(onnx.load(str(graph)), writer.path(CALIB_CACHE), method)
         config["calib_cache"] = {"file": CALIB_CACHE, "tensors": entries, "format": "TensorRT calibration cache"}
     if fp32 != graph:
@@ -154,15 +163,20 @@ class TensorRTEngine(Engine):
             if rebuild_engine or cuda_graph:
                 raise UsageError("--emulate runs the graph on ONNX Runtime CPU; it takes no engine options")
             self._runner = _OrtEmulator(self.artifact.file(GRAPH))
-            self.emulation, self.device = EMULATION, "cpu"
+            self.emulation, self.device = self._runner.emulation, "cpu"
             return
         from . import _trt
 
+        record = self.manifest["backend_config"].get("engine")
+        # the engine record's I/O against the artifact's names (EngineRunner checks the live engine's)
+        if record and "io" in record:
+            mismatch = _trt.io_mismatch(record["io"], self.input_name, self.output_names)
+            if mismatch:
+                raise ArtifactError(f"{self.artifact.path}: {mismatch}")
         problem = _trt.host_problem()
         if problem:
             raise BackendUnavailable(f"this TensorRT artifact needs a TensorRT GPU host ({problem}); "
                                      "check its graph on CPU with `rexnet-deploy check --emulate`")
-        record = self.manifest["backend_config"].get("engine")
         if rebuild_engine or record is None:
             if record is None and not rebuild_engine:
                 raise ArtifactError(f"{self.artifact.path} holds no TensorRT engine (built without a GPU or with "
@@ -198,20 +212,36 @@ class TensorRTEngine(Engine):
 
 
 class _OrtEmulator:
-    """The artifact's graph on ONNX Runtime CPU (thread-safe: ``InferenceSession.run`` is)."""
+    """The artifact's graph on ONNX Runtime CPU (thread-safe: ``InferenceSession.run`` is), each
+    FP16 QuantizeLinear fed FP32 (:func:`~rexnet_deploy.modelopt_passes.fp32_quantize_inputs`)."""
 
     def __init__(self, path: Path):
-        from ..onnx_export import cpu_session
-
         try:
-            self._session = cpu_session(path)
+            import onnx
+            import onnxruntime as ort
+
+            from ..modelopt_passes import fp32_quantize_inputs
+            from ..onnx_export import ort_log_level
         except ImportError:
-            raise BackendUnavailable("emulating a TensorRT graph needs onnxruntime: "
+            raise BackendUnavailable("emulating a TensorRT graph needs onnx and onnxruntime: "
                                      "pip install 'rexnet-deploy[trt]'") from None
+        model, self.rewired = fp32_quantize_inputs(onnx.load(str(path)))
+        options = ort.SessionOptions()
+        options.log_severity_level = ort_log_level()
+        self._session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        self._input = self._session.get_inputs()[0].name
         self._outputs = [o.name for o in self._session.get_outputs()]
 
+    @property
+    def emulation(self) -> str:
+        """What ran, for the check report: the graph as stored, or with its quantize inputs cast."""
+        if not self.rewired:
+            return EMULATION
+        return (f"{EMULATION}, its {self.rewired} FP16 QuantizeLinear nodes fed FP32 (ONNX Runtime truncates FP16 "
+                "there, onnxruntime#18576; exact for FP16 values, rounded half to even as TensorRT does)")
+
     def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
-        outs = self._session.run(self._outputs, {self._session.get_inputs()[0].name: batch})
+        outs = self._session.run(self._outputs, {self._input: batch})
         return [np.asarray(o, dtype=np.float32) for o in outs]
 
 
