@@ -377,6 +377,29 @@ def test_engine_failure_is_a_json_500_without_details(client, monkeypatch):
     assert r.status_code == 200  # the worker survived the failed batch
 
 
+def test_full_queue_is_a_503_with_retry_after(engine, monkeypatch):
+    from starlette.testclient import TestClient
+
+    from rexnet_deploy.serving import Service, create_app
+
+    gate = Gate(engine, monkeypatch)
+    body, headers = npy(tensors(1)[0]), {"content-type": "application/x-npy"}
+    service = Service(engine, max_batch=1, max_delay_ms=0, max_queue=1, warmup_rounds=0)
+    with TestClient(create_app(service)) as c, ThreadPoolExecutor(2) as pool:
+        held = pool.submit(c.post, "/v1/infer", content=body, headers=headers)  # in the engine
+        assert gate.entered.wait(30)
+        queued = pool.submit(c.post, "/v1/infer", content=body, headers=headers)
+        deadline = time.monotonic() + 30
+        while service.batcher.queue_depth < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        r = c.post("/v1/infer", content=body, headers=headers)
+        gate.release.set()
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert r.json()["type"] == "Overloaded" and "max_queue 1" in r.json()["error"]
+        assert held.result(30).status_code == 200 and queued.result(30).status_code == 200
+    assert engine(tensors(1)).shape == (1, 1000)  # the app did not close an engine it was given
+
+
 def test_body_limit_413_declared_and_streamed(client):
     big = b"\0" * 4_000_001
     r = client.post("/v1/predict", content=big)
