@@ -3,13 +3,27 @@
 ``Engine.load(path)`` reads and verifies the artifact, looks its backend up in the one registry
 (:mod:`rexnet_deploy.backends`) and returns that backend's ``Engine`` subclass. Only the backend
 the artifact uses is imported.
+
+Tensors: ``engine(x)`` and ``engine.run(x)`` also take any DLPack-capable array (a torch tensor,
+a CuPy array, ...) and return outputs of the same kind:
+
+* TorchScript engines run it where it lies, without host copies: a CUDA tensor in, CUDA tensors
+  out (on the caller's current stream; synchronise before reading them on the host). The tensor
+  must be on the engine's device (no silent transfers);
+* every other backend runs on host memory: a CPU tensor is viewed as numpy without a copy (DLPack)
+  and the outputs come back as that library's tensors, also without a copy; a tensor in GPU
+  memory is a UsageError saying to pass ``x.cpu()`` (a hidden device→host copy would make
+  "GPU-resident" a lie).
+
+Tensors are detected by duck typing (``__dlpack__``), so this module never imports torch.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -45,6 +59,7 @@ class Engine:
     """Base of the backend runtimes. Subclasses implement ``_setup`` and ``_infer``."""
 
     emulation: str | None = None  # set when the engine's graph runs on another runtime (TensorRT → ONNX Runtime)
+    _finite_on_device = False  # True: the backend checks numpy input for NaN/inf on its device, not validate()
 
     def __init__(self, artifact: Artifact, *, device: str | None = None, **options: Any):
         self.artifact = artifact
@@ -118,39 +133,67 @@ class Engine:
     def validate(self, batch: Any) -> np.ndarray:
         """Check a float32 NCHW batch against the input spec; raise InputError with the fix."""
         if not isinstance(batch, np.ndarray):
-            raise InputError(f"engine input must be a numpy array, got {type(batch).__name__}")
-        _, c, h, w = self.input_shape
-        if batch.ndim == 3 and batch.shape == (c, h, w):
-            raise InputError(f"engine input must be a batch NCHW; add the batch axis: x[None] (shape (1, {c}, {h}, {w}))")
-        if batch.ndim != 4:
-            raise InputError(f"engine input must be 4-D NCHW (N, {c}, {h}, {w}), got shape {batch.shape}")
-        if batch.shape[1:] != (c, h, w):
-            if batch.shape[1:] == (h, w, c):
-                raise InputError(
-                    f"engine input looks NHWC {batch.shape}; expected NCHW: use x.transpose(0, 3, 1, 2)"
-                )
-            raise InputError(f"engine input must have shape (N, {c}, {h}, {w}), got {batch.shape}")
-        if batch.dtype != np.float32:
-            raise InputError(
-                f"engine input must be float32 (normalized, see engine.preprocess), got {batch.dtype}"
-            )
-        lo, hi = self.batch_range
-        if not lo <= batch.shape[0] <= hi:
-            raise InputError(f"batch size {batch.shape[0]} is outside this engine's range {lo}..{hi}")
-        if not np.isfinite(batch).all():
+            raise InputError(f"engine input must be a numpy array, got {type(batch).__name__} "
+                             "(or a DLPack tensor: a torch tensor, a CuPy array)")
+        self.check_layout(tuple(batch.shape), str(batch.dtype))
+        if not self._finite_on_device and not np.isfinite(batch).all():
             raise InputError("engine input contains NaN or inf values")
         return np.ascontiguousarray(batch)
 
-    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """All outputs by name for one validated batch."""
-        self._check_open()
-        return dict(zip(self.output_names, self._infer(self.validate(batch))))
+    def check_layout(self, shape: tuple[int, ...], dtype: str) -> None:
+        """The shape/dtype/batch-range part of :meth:`validate`, for arrays of any library
+        (``dtype`` by name: ``float32``). Tensors in GPU memory are not scanned for NaN/inf:
+        that would synchronise the device on every call."""
+        _, c, h, w = self.input_shape
+        if len(shape) == 3 and shape == (c, h, w):
+            raise InputError(f"engine input must be a batch NCHW; add the batch axis: x[None] (shape (1, {c}, {h}, {w}))")
+        if len(shape) != 4:
+            raise InputError(f"engine input must be 4-D NCHW (N, {c}, {h}, {w}), got shape {shape}")
+        if shape[1:] != (c, h, w):
+            if shape[1:] == (h, w, c):
+                raise InputError(
+                    f"engine input looks NHWC {shape}; expected NCHW: use x.transpose(0, 3, 1, 2)"
+                )
+            raise InputError(f"engine input must have shape (N, {c}, {h}, {w}), got {shape}")
+        if dtype != "float32":
+            raise InputError(
+                f"engine input must be float32 (normalized, see engine.preprocess), got {dtype}"
+            )
+        lo, hi = self.batch_range
+        if not lo <= shape[0] <= hi:
+            raise InputError(f"batch size {shape[0]} is outside this engine's range {lo}..{hi}")
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
-        """The output for one batch: an array, or a tuple of arrays for the ``features`` head."""
+    def run(self, batch: Any) -> dict[str, Any]:
+        """All outputs by name for one validated batch (numpy, or tensors for a tensor batch)."""
         self._check_open()
-        outputs = self._infer(self.validate(batch))
+        return dict(zip(self.output_names, self._dispatch(batch)))
+
+    def __call__(self, batch: Any) -> Any:
+        """The output for one batch: an array, or a tuple of arrays for the ``features`` head.
+        A DLPack tensor in gives tensors of its kind out (see the module docstring)."""
+        self._check_open()
+        outputs = self._dispatch(batch)
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+    def _dispatch(self, batch: Any) -> list:
+        if isinstance(batch, np.ndarray) or not hasattr(batch, "__dlpack__"):
+            return self._infer(self.validate(batch))  # validate names what is wrong with a non-array
+        return self._infer_tensor(batch)
+
+    def _infer_tensor(self, batch: Any) -> list:
+        """A DLPack tensor on a host-memory runtime: a zero-copy numpy view in, the outputs as the
+        caller's library's tensors out (zero-copy too). Backends that run tensors where they lie
+        (TorchScript) override this."""
+        kind, where = dlpack_device(batch)
+        if kind != DLPACK_CPU:
+            raise UsageError(f"{self.backend} engines run on host memory; this {type(batch).__name__} is in "
+                             f"{where} memory: pass x.cpu() (GPU-resident input and output: TorchScript engines on CUDA)")
+        back = from_dlpack_of(batch)
+        try:
+            array = np.from_dlpack(batch)
+        except (BufferError, TypeError, RuntimeError) as exc:
+            raise InputError(f"cannot view this {type(batch).__name__} as an array: {one_line(exc)}") from None
+        return [back(out if out.flags.writeable else out.copy()) for out in self._infer(self.validate(array))]
 
     def infer(self, batch: np.ndarray) -> list[np.ndarray]:
         """Any number of images: chunks of at most the largest batch, a short last chunk padded
@@ -217,6 +260,29 @@ class Engine:
         return f"<{type(self).__name__} {self.manifest['model']['name']} {self.backend}/{self.precision} {self.artifact.path}>"
 
 
+DLPACK_CPU = 1  # DLPack device types: kDLCPU = 1, kDLCUDA = 2, kDLCUDAHost = 3, kDLROCM = 10, ...
+_DLPACK_NAMES = {1: "host", 2: "CUDA", 3: "CUDA pinned host", 4: "OpenCL", 7: "Vulkan", 8: "Metal", 10: "ROCm",
+                 13: "CUDA managed", 14: "oneAPI"}
+
+
+def dlpack_device(x: Any) -> tuple[int, str]:
+    """``(DLPack device type, its name)`` of a DLPack-capable object (CPU when it does not say)."""
+    get = getattr(x, "__dlpack_device__", None)
+    kind = int(get()[0]) if get is not None else DLPACK_CPU
+    return kind, _DLPACK_NAMES.get(kind, f"device type {kind}")
+
+
+def from_dlpack_of(x: Any) -> Callable[[Any], Any]:
+    """The ``from_dlpack`` of the library ``x`` comes from (``torch.from_dlpack`` for a torch
+    tensor, ``cupy.from_dlpack``, ...): how outputs go back to the caller as their own kind."""
+    root = type(x).__module__.partition(".")[0]
+    fn = getattr(sys.modules.get(root), "from_dlpack", None)
+    if fn is None:
+        raise UsageError(f"cannot return outputs as {root}.{type(x).__name__} (its library has no from_dlpack): "
+                         "pass a numpy array or a torch tensor")
+    return fn
+
+
 def _as_list(images: Any) -> Sequence:
     if isinstance(images, (str, os.PathLike, np.ndarray)) or hasattr(images, "getpixel"):
         return [images]
@@ -246,4 +312,5 @@ def topk_predictions(logits: np.ndarray, topk: int, labels: list[str] | None) ->
     ]
 
 
-__all__ = ["Engine", "PredictedFiles", "Prediction", "output_list", "softmax", "topk_predictions"]
+__all__ = ["Engine", "PredictedFiles", "Prediction", "dlpack_device", "from_dlpack_of", "output_list", "softmax",
+           "topk_predictions"]

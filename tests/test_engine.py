@@ -165,3 +165,145 @@ def test_import_package_is_cheap():
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "torch" not in out.stdout and "timm" not in out.stdout
+
+
+# -- tensors in, tensors out (DLPack) ------------------------------------------------------------
+class _Capsule:
+    """A DLPack-capable array of a library without from_dlpack (and, with ``device``, in GPU memory)."""
+
+    def __init__(self, array: np.ndarray, device: tuple[int, int] = (1, 0)):
+        self._array, self._device = array, device
+
+    def __dlpack__(self, **kwargs):
+        return self._array.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self._device
+
+
+def test_cpu_torch_tensor_in_gives_a_torch_tensor_out(engine):
+    import torch
+
+    x = np.random.default_rng(4).standard_normal((2, 3, 224, 224), dtype=np.float32)
+    want = engine(x)
+    got = engine(torch.from_numpy(x))
+    assert isinstance(got, torch.Tensor) and got.dtype == torch.float32 and got.device.type == "cpu"
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
+    run = engine.run(torch.from_numpy(x))
+    assert list(run) == ["logits"] and isinstance(run["logits"], torch.Tensor)
+
+
+def test_tensor_input_is_validated_like_numpy(engine):
+    import torch
+
+    from rexnet_deploy.errors import InputError, UsageError
+
+    with pytest.raises(InputError, match="must be float32"):
+        engine(torch.zeros(1, 3, 224, 224, dtype=torch.float64))
+    with pytest.raises(InputError, match="looks NHWC"):
+        engine(torch.zeros(1, 224, 224, 3))
+    with pytest.raises(InputError, match="outside this engine's range"):
+        engine(torch.zeros(9, 3, 224, 224))
+    bad = torch.zeros(1, 3, 224, 224)
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(InputError, match="NaN or inf"):
+        engine(bad)
+    with pytest.raises(UsageError, match="has no from_dlpack"):  # outputs could not go back as its kind
+        engine(_Capsule(np.zeros((1, 3, 224, 224), np.float32)))
+
+
+@pytest.fixture(scope="module")
+def ort_engine(tmp_path_factory):
+    pytest.importorskip("onnxruntime")
+    from .conftest import build_artifact
+
+    with Engine.load(build_artifact(tmp_path_factory, "ort-tensors", "onnxruntime", "fp32", check=False)) as e:
+        yield e
+
+
+def test_host_memory_backends_take_cpu_tensors_without_copies_and_refuse_gpu_memory(ort_engine):
+    import torch
+
+    from rexnet_deploy.errors import UsageError
+
+    x = np.random.default_rng(5).standard_normal((2, 3, 224, 224), dtype=np.float32)
+    got = ort_engine(torch.from_numpy(x))
+    assert isinstance(got, torch.Tensor)
+    np.testing.assert_allclose(got.numpy(), ort_engine(x), rtol=1e-6, atol=1e-6)
+    with pytest.raises(UsageError, match=r"onnxruntime engines run on host memory; .* CUDA memory: pass x.cpu\(\)"):
+        ort_engine(_Capsule(x, device=(2, 0)))
+
+
+def test_torchscript_options_are_checked(ts_engine_path):
+    from rexnet_deploy.errors import UsageError
+
+    with pytest.raises(UsageError, match="cuda_graph needs a CUDA engine"):
+        Engine.load(ts_engine_path, cuda_graph=True)
+    with pytest.raises(UsageError, match=r"warm_batches \[9\] must be batch sizes in this engine's range 1..8"):
+        Engine.load(ts_engine_path, warm=True, warm_batches=[1, 9])
+    with pytest.raises(UsageError, match="warm_batches without warm"):
+        Engine.load(ts_engine_path, warm=False, warm_batches=[1])
+    with pytest.raises(UsageError, match="unknown torchscript options: fast"):
+        Engine.load(ts_engine_path, fast=True)
+
+
+def test_warm_at_load_records_each_batch_size(ts_engine_path):
+    from rexnet_deploy.backends.torchscript import default_warm_batches
+
+    assert default_warm_batches(1, 256) == (1, 256, 16) and default_warm_batches(1, 1) == (1,)
+    with Engine.load(ts_engine_path) as cold:
+        assert cold.warmup == {}  # off by default on the CPU
+    with Engine.load(ts_engine_path, warm=True, warm_batches=[2]) as warm:
+        record = warm.warmup[2]
+        assert list(warm.warmup) == [2] and record["warmup_calls"] >= 2 and record["first_call_ms"] > 0
+        assert set(record) == {"first_call_ms", "warmup_calls", "warmup_seconds", "steady", "warm_ms"}
+
+
+# -- on a CUDA GPU (skipped without one) -----------------------------------------------------------
+@pytest.fixture(scope="module")
+def cuda_fp16_path(tmp_path_factory):
+    from rexnet_deploy import BuildSpec, ModelSpec, WeightsSpec, build
+
+    out = tmp_path_factory.mktemp("engines") / "ts-cuda-fp16"
+    build(ModelSpec("rexnet_100", weights=WeightsSpec("random", seed=0)),
+          BuildSpec(backend="torchscript", precision="fp16", device="cuda", batch=(1, 8)), out,
+          check_options={"synthetic": 4}).close()
+    return out
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_cuda_engine_warms_at_load_and_keeps_tensors_on_the_gpu(cuda_fp16_path):
+    import torch
+
+    from rexnet_deploy.errors import UsageError
+
+    with Engine.load(cuda_fp16_path) as e:
+        assert set(e.warmup) == {1, 8, 4}  # default_warm_batches(1, 8)
+        x = torch.randn(3, 3, 224, 224, device="cuda")
+        out = e(x)
+        assert isinstance(out, torch.Tensor) and out.device == x.device and out.dtype == torch.float32
+        np.testing.assert_allclose(out.cpu().numpy(), e(x.cpu().numpy()), rtol=0, atol=1e-3)
+        with pytest.raises(UsageError, match="this tensor is on cpu, the engine runs on cuda:0"):
+            e(x.cpu())
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_cuda_graph_replay_matches_the_module(cuda_fp16_path):
+    import torch
+
+    from rexnet_deploy.errors import InputError
+
+    x = np.random.default_rng(6).standard_normal((8, 3, 224, 224), dtype=np.float32)
+    with Engine.load(cuda_fp16_path) as plain, Engine.load(cuda_fp16_path, cuda_graph=True, warm_batches=[1, 8]) as g:
+        assert g.graph_batches == (1, 8)
+        np.testing.assert_allclose(g(x), plain(x), rtol=0, atol=1e-2)
+        np.testing.assert_allclose(g(x[:3]), plain(x[:3]), rtol=0, atol=1e-2)  # no graph at 3: the module
+        t = torch.from_numpy(x).cuda()
+        first, second = g(t), g(t * 2)
+        assert not torch.equal(first, second)  # the first output survived the next replay (a clone)
+        np.testing.assert_allclose(first.cpu().numpy(), plain(x), rtol=0, atol=1e-2)
+        x[0, 0, 0, 0] = np.nan
+        with pytest.raises(InputError, match="NaN or inf"):
+            g(x)

@@ -113,3 +113,92 @@ def test_bench_without_reference(ts_engine_path):
     with Engine.load(ts_engine_path) as engine:
         r = bench(engine, batches=[1], reference=False, seconds=0.1, min_iters=2, warmup=1)
     assert r["reference"] is None and r["speedup"] is None and len(r["results"]) == 1
+
+
+class _SlowFirstCall:
+    """An engine whose first call at each batch size takes 0.4 s longer (a compile on first use)."""
+
+    def __init__(self, engine):
+        self._engine, self._seen = engine, set()
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def __call__(self, x):
+        if len(x) not in self._seen:
+            self._seen.add(len(x))
+            import time
+
+            time.sleep(0.4)
+        return self._engine(x)
+
+
+def test_bench_reports_the_first_call_apart_from_the_steady_latency(ts_engine_path):
+    from rexnet_deploy.harness.bench import bench
+    from rexnet_deploy.harness.report import bench_markdown
+
+    with Engine.load(ts_engine_path) as engine:
+        r = bench(_SlowFirstCall(engine), batches=[1], reference=False, seconds=0.3, min_iters=3, warmup=1,
+                  max_warmup_seconds=10.0)  # a loaded CPU must not hit the cap with the first call
+    row = r["results"][0]
+    assert row["first_call_ms"] >= 400 and row["p99_ms"] < row["first_call_ms"] - 300  # never in the percentiles
+    assert row["warmup_calls"] >= 2 and row["warmup_seconds"] >= 0.25 and isinstance(row["steady"], bool)
+    assert r["settings"]["warmup_rule"]["max_seconds"] == 10.0 and r["settings"]["sync"] is None
+    assert r["engine"]["device"] == "cpu"
+    assert "| first call ms |" in bench_markdown(r) and f"| {row['first_call_ms']:.1f} |" in bench_markdown(r)
+
+
+def test_bench_keeps_the_gate_keys_and_says_where_the_reference_ran(ts_engine_path):
+    from rexnet_deploy.harness.bench import bench
+
+    with Engine.load(ts_engine_path) as engine:
+        r = bench(engine, batches=[1], seconds=0.2, min_iters=2, warmup=1)
+    assert set(r) >= {"speedup", "throughput_ratio", "results", "settings", "reference", "host"}
+    assert r["reference"]["kind"] == "torch eager fp32" and r["reference"]["device"] == "cpu"
+    assert "reference_fp16" not in r  # an FP16-autocast column is for engines on a GPU
+    for row in r["results"] + r["reference"]["results"]:
+        assert row["first_call_ms"] > 0 and row["warmup_calls"] >= 1
+
+
+def test_bench_with_tensors_on_the_device(ts_engine_path):
+    """io="device": torch tensors in and out (on a CPU engine: CPU tensors), reference too."""
+    from rexnet_deploy.harness.bench import bench
+
+    from rexnet_deploy.errors import UsageError
+
+    with Engine.load(ts_engine_path) as engine:
+        r = bench(engine, batches=[2], seconds=0.2, min_iters=2, warmup=1, io="device")
+        with pytest.raises(UsageError, match="io must be one of numpy, device"):
+            bench(engine, batches=[2], io="gpu")
+    assert r["settings"]["io"] == "device" and r["reference"]["device"] == "cpu" and r["speedup"]["2"] > 0
+
+
+def test_bench_of_an_onnxruntime_engine_reports_its_first_call(tmp_path_factory):
+    pytest.importorskip("onnxruntime")
+    from rexnet_deploy.harness.bench import bench
+
+    from .conftest import build_artifact
+
+    path = build_artifact(tmp_path_factory, "ort-bench", "onnxruntime", "fp32", check=False)
+    with Engine.load(path) as engine:
+        r = bench(engine, batches=[1], reference=False, seconds=0.2, min_iters=2, warmup=1)
+    row = r["results"][0]
+    assert r["engine"]["backend"] == "onnxruntime" and row["first_call_ms"] > 0 and row["warmup_calls"] >= 1
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_bench_of_a_cuda_engine_compares_with_eager_on_the_same_gpu(tmp_path):
+    from rexnet_deploy import BuildSpec, ModelSpec, WeightsSpec, build
+    from rexnet_deploy.harness.bench import bench
+
+    with build(ModelSpec("rexnet_100", weights=WeightsSpec("random", seed=0)),
+               BuildSpec(backend="torchscript", precision="fp16", device="cuda", batch=(1, 8)), tmp_path / "e",
+               check=False) as engine:
+        r = bench(engine, batches=[1, 8], seconds=0.3, io="numpy")
+        d = bench(engine, batches=[8], seconds=0.3, io="device")
+    assert r["reference"]["device"].startswith("cuda") and r["reference_fp16"]["kind"] == "torch eager fp16 autocast"
+    assert set(r["speedup_vs_fp16_eager"]) == {"1", "8"} and r["settings"]["sync"] == "torch.cuda.synchronize"
+    assert r["host"]["gpu"] and set(r["engine"]["load_warmup"]) == {"1", "8", "4"}
+    assert r["results"][0]["first_call_ms"] < 1000  # warmed at load: no compile on the first timed call
+    assert d["settings"]["io"] == "device" and d["results"][0]["p50_ms"] > 0

@@ -97,22 +97,36 @@ def fidelity_markdown(rows: dict[str, dict[str, Any]]) -> str:
 
 def bench_markdown(report: dict[str, Any]) -> str:
     ref = {r["batch"]: r for r in (report.get("reference") or {}).get("results", [])}
+    fp16 = {r["batch"]: r for r in (report.get("reference_fp16") or {}).get("results", [])}
+    host = report["host"]
+    where = (f"{host['gpu']}; references: eager on {report['reference']['device']}" if host.get("gpu") and report.get("reference")
+             else host.get("gpu") or f"{host['cpu']}, {host['cpu_count']} CPUs")
+    io = (report.get("settings") or {}).get("io", "numpy")
     lines = [
-        f"### bench: {report['model']} {report['engine']['backend']}/{report['engine']['precision']} "
-        f"({report['host']['cpu']}, {report['host']['cpu_count']} CPUs)",
+        f"### bench: {report['model']} {report['engine']['backend']}/{report['engine']['precision']} ({where}"
+        + (", tensors on the device in and out" if io == "device" else "") + ")",
         "",
-        "| batch | p50 ms | p90 ms | p99 ms | mean ms | img/s | ref p50 ms | ref img/s | speedup (p50) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| batch | p50 ms | p90 ms | p99 ms | mean ms | img/s | first call ms | ref p50 ms | ref img/s | speedup (p50) |"
+        + (" fp16 ref p50 ms | fp16 ref img/s | vs fp16 (p50) |" if fp16 else ""),
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if fp16 else ""),
     ]
     for r in report["results"]:
         b = r["batch"]
-        rr = ref.get(b)
+        rr, rf = ref.get(b), fp16.get(b)
         sp = (report.get("speedup") or {}).get(str(b))
-        lines.append(
+        line = (
             f"| {b} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {r['mean_ms']:.2f} | "
-            f"{r['throughput_ips']:.1f} | {_fmt(rr and rr['p50_ms'], 2)} | {_fmt(rr and rr['throughput_ips'], 1)} | "
-            f"{_fmt(sp, 2) + '×' if sp else '–'} |"
+            f"{r['throughput_ips']:.1f} | {_fmt(r.get('first_call_ms'), 1)} | {_fmt(rr and rr['p50_ms'], 2)} | "
+            f"{_fmt(rr and rr['throughput_ips'], 1)} | {_fmt(sp, 2) + '×' if sp else '–'} |"
         )
+        if fp16:
+            sp16 = (report.get("speedup_vs_fp16_eager") or {}).get(str(b))
+            line += (f" {_fmt(rf and rf['p50_ms'], 2)} | {_fmt(rf and rf['throughput_ips'], 1)} | "
+                     f"{_fmt(sp16, 2) + '×' if sp16 else '–'} |")
+        lines.append(line)
+    unsteady = [str(r["batch"]) for r in report["results"] if r.get("steady") is False]
+    if unsteady:
+        lines.append(f"\nnot steady by the end of warm-up at batch {', '.join(unsteady)} (the warm-up cap was reached)")
     repeat = (report.get("settings") or {}).get("repeat")
     if repeat:
         lines.append(f"\nspeedup: the median of {repeat} runs (times: the first run)")
