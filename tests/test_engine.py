@@ -248,9 +248,13 @@ def test_torchscript_options_are_checked(ts_engine_path):
 
 
 def test_warm_at_load_records_each_batch_size(ts_engine_path):
-    from rexnet_deploy.backends.torchscript import default_warm_batches
+    from rexnet_deploy.backends.torchscript import default_warm_batches, padded_size
 
-    assert default_warm_batches(1, 256) == (1, 256, 16) and default_warm_batches(1, 1) == (1,)
+    assert default_warm_batches(1, 256) == (1, 2, 4, 8, 16, 32, 64, 128, 256)
+    assert default_warm_batches(3, 20) == (3, 4, 8, 16, 20) and default_warm_batches(1, 1) == (1,)
+    # a CUDA call runs at the next warmed size; a size above every warmed one runs as it is
+    assert [padded_size(n, (1, 2, 4, 8)) for n in (1, 3, 5, 8, 9)] == [1, 4, 8, 8, 9]
+    assert padded_size(5, ()) == 5
     with Engine.load(ts_engine_path) as cold:
         assert cold.warmup == {}  # off by default on the CPU
     with Engine.load(ts_engine_path, warm=True, warm_batches=[2]) as warm:
@@ -279,8 +283,10 @@ def test_cuda_engine_warms_at_load_and_keeps_tensors_on_the_gpu(cuda_fp16_path):
     from rexnet_deploy.errors import UsageError
 
     with Engine.load(cuda_fp16_path) as e:
-        assert set(e.warmup) == {1, 8, 4}  # default_warm_batches(1, 8)
-        x = torch.randn(3, 3, 224, 224, device="cuda")
+        assert set(e.warmup) == {1, 2, 4, 8}  # default_warm_batches(1, 8)
+        x = torch.randn(3, 3, 224, 224, device="cuda")  # runs padded to 4
+        with Engine.load(cuda_fp16_path, warm=False) as unpadded:
+            np.testing.assert_allclose(e(x.cpu().numpy()), unpadded(x.cpu().numpy()), rtol=0, atol=1e-2)
         out = e(x)
         assert isinstance(out, torch.Tensor) and out.device == x.device and out.dtype == torch.float32
         np.testing.assert_allclose(out.cpu().numpy(), e(x.cpu().numpy()), rtol=0, atol=1e-3)

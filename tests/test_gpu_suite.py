@@ -188,7 +188,7 @@ def test_dry_run_on_a_bare_host_runs_every_section(tmp_path):
     assert data["summary"]["error"] == 0, [row for row in data["rows"] if row["status"] == "error"]
     assert all(s["status"] == "ran" for s in data["sections"].values()), data["sections"]
     names = {(row["section"], row["name"]): row for row in data["rows"]}
-    assert names[("hand-timed loop", "engine b1 p50 / hand loop")]["target"] == "1 ± 0.1"
+    assert names[("hand-timed loop", "engine b1 p50 (alternating with the hand loop) / hand loop")]["target"] == "1 ± 0.1"
     assert names[("cuda graphs", "torchscript cuda_graph b1 / eager CUDA graph b1")]["status"] == "skip"
     assert names[("tensor I/O (cpu)", "tensor vs numpy outputs, max abs diff")]["status"] == "pass"
     assert names[("tensorrt", "fp16")]["note"].startswith("tensorrt does not import")

@@ -434,14 +434,23 @@ class GpuChecks:
                 t = torch.from_numpy(batch).to(dev).to(dtype=dtype, memory_format=torch.channels_last)
                 return module(t).float().cpu().numpy()
 
-        hand = self.steady(by_hand, x, seconds=max(self.cfg.seconds, 1.0))
-        self.s.add(sec, "hand loop b1 p50", hand["p50_ms"], "ms", note=f"{hand['iters']} calls")
+        # hand loop and engine alternate in 3 rounds: b1 on a GPU is launch-bound, and the host's
+        # speed drifts between sections (a run measured bench 3.43 ms, then a lone hand loop 4.11 ms)
+        seconds = max(self.cfg.seconds, 1.0) / 3
+        rounds = [(self.steady(by_hand, x, seconds=seconds), self.steady(self.engine, x, seconds=seconds))
+                  for _ in range(3)]
+        hand_p50 = float(np.median([h["p50_ms"] for h, _ in rounds]))
+        engine_now = float(np.median([e["p50_ms"] for _, e in rounds]))
+        hands = ", ".join(f"{h['p50_ms']:.2f}" for h, _ in rounds)
+        self.s.add(sec, "hand loop b1 p50", hand_p50, "ms", note=f"median of 3 rounds alternating with engine(x): {hands} ms")
+        self.s.add(sec, "engine b1 p50 (alternating with the hand loop) / hand loop", engine_now / hand_p50, "×",
+                   target=("within", 0.10), note=f"engine {engine_now:.3f} ms vs hand {hand_p50:.3f} ms")
         engine_p50 = self.timings.get("engine_b1_p50")
         if engine_p50 is None:
-            self.s.skip(sec, ["engine b1 p50 / hand loop"], "no engine b1 figure (bench did not run at batch 1)")
+            self.s.skip(sec, ["engine b1 p50 (bench) / hand loop"], "no engine b1 figure (bench did not run at batch 1)")
         else:
-            self.s.add(sec, "engine b1 p50 / hand loop", engine_p50 / hand["p50_ms"], "×", target=("within", 0.10),
-                       note=f"engine (bench) {engine_p50:.3f} ms vs hand {hand['p50_ms']:.3f} ms")
+            self.s.add(sec, "engine b1 p50 (bench) / hand loop", engine_p50 / hand_p50, "×",
+                       note=f"bench {engine_p50:.3f} ms, measured in its own section; the judged row above alternates")
 
     def unwarmed(self) -> None:
         """The bug the warm-up fixes: what a fresh, unwarmed engine's first calls cost, and first
@@ -467,7 +476,7 @@ class GpuChecks:
             self.engine(xn)
             first = (time.perf_counter() - t) * 1e3
             again = self.steady(self.engine, xn, seconds=0.3)
-            self.s.add(sec, f"warm engine: first call at unwarmed b{n}", first, "ms",
+            self.s.add(sec, f"warm engine: first call at b{n} (runs padded to a warmed size)", first, "ms",
                        target=("<=", round(max(100.0, 3 * again["p50_ms"]), 1)),
                        note=f"steady {again['p50_ms']:.2f} ms; warmed at load: "
                             f"{', '.join(map(str, self.engine.warmup)) or 'none'}")
