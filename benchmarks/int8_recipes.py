@@ -22,8 +22,8 @@ RECIPES = [
     ("openvino/rexnet", "openvino", {"recipe": "rexnet"}, "NNCF PTQ, 7-bit weights everywhere"),
     ("openvino/qad", "openvino", {"recipe": "qad"}, "PyTorch PTQ (SE FP32, asymmetric activations) + 100 QAD steps"),
     ("tensorrt/modelopt", "tensorrt", {"recipe": "modelopt"}, "ModelOpt ONNX PTQ, entropy (emulated on ORT CPU)"),
-    ("tensorrt/rexnet", "tensorrt", {}, "ModelOpt PyTorch PTQ, BN folded, SE + depthwise FP16 (emulated)"),
-    ("tensorrt/qad", "tensorrt", {"qad_steps": 100}, "tensorrt/rexnet + 100 QAD steps (emulated)"),
+    ("tensorrt/rexnet", "tensorrt", {"recipe": "rexnet"}, "ModelOpt PyTorch PTQ, BN folded, SE + depthwise FP16 (emulated)"),
+    ("tensorrt/qad", "tensorrt", {}, "tensorrt/rexnet + 100 QAD steps at lr 1e-5 (the default; emulated)"),
     ("onnxruntime/u8", "onnxruntime", {}, "ORT quantize_static, u8 activations, 7-bit weights, SE FP32"),
     ("onnxruntime/qad", "onnxruntime", {"qad_steps": 100}, "the distilled int8 Q/DQ graph of tensorrt/qad"),
 ]

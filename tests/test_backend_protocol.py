@@ -128,7 +128,7 @@ def test_validate_returns_every_declared_option_with_its_default():
                              BuildSpec(backend="tensorrt", precision="int8", device="cuda"), {"opt_level": 1})
     assert set(opts) == {o.name for o in info.options}
     assert opts["opt_level"] == 1 and opts["calib_method"] == "entropy" and opts["exclude"] == ()
-    assert opts["recipe"] == "rexnet" and opts["qad_steps"] is None
+    assert opts["recipe"] == "qad" and opts["qad_steps"] == 100  # the default recipe, with its default steps
     opts = backends.validate(info, backends.load_module(info, for_build=True),
                              BuildSpec(backend="tensorrt", precision="int8", device="cuda"), {"exclude": ("Gemm",)})
     assert opts["recipe"] == "modelopt"  # the ONNX-PTQ options imply their recipe

@@ -139,14 +139,14 @@ def test_qad_config_refuses_an_unknown_activation_preset():
 @pytest.mark.parametrize("backend", ["tensorrt", "onnxruntime"])
 def test_qdq_pytorch_graph_follows_tensorrt_rules_and_runs_on_onnxruntime(tmp_path_factory, calib_dir, backend):
     """The Q/DQ graph of ModelOpt's PyTorch quantizers (BatchNorm folded; SE gates and depthwise
-    convolutions without Q/DQ): TensorRT's default INT8 recipe (``rexnet``: PTQ alone) and ONNX
-    Runtime's ``--qad-steps`` (distilled). Symmetric int8 everywhere TensorRT looks, no calibration
+    convolutions without Q/DQ): TensorRT's ``rexnet`` recipe (PTQ alone) and ONNX Runtime's
+    ``--qad-steps`` (distilled, as TensorRT's default ``qad``). Symmetric int8 everywhere TensorRT looks, no calibration
     cache (ranges alone cannot rebuild the folded graph), and close to FP32."""
     pytest.importorskip("modelopt.torch.quantization")
     onnx = pytest.importorskip("onnx")
     from rexnet_deploy.modelopt_passes import trt_rule_violations
 
-    options = {} if backend == "tensorrt" else {"qad_steps": 2}
+    options = {"recipe": "rexnet"} if backend == "tensorrt" else {"qad_steps": 2}
     path = build_artifact(tmp_path_factory, f"{backend}-qad", backend, "int8", calib=calib_dir, calib_size=24,
                           backend_options=options, check_options={"gate": {"top1_agreement": 0.0}})
     graph = onnx.load(str(path / "model.onnx"))
@@ -170,6 +170,7 @@ def test_qdq_pytorch_graph_follows_tensorrt_rules_and_runs_on_onnxruntime(tmp_pa
             assert record["method"].startswith("post-training")
         else:
             assert record["recipe"] == "qad" and record["distillation"]["steps"] == 2
+            assert record["distillation"]["lr"] == 1e-5  # ModelOpt's fixed ranges want smaller steps than NNCF
         assert engine.manifest["reports"]["check"]["metrics"]["cosine_min"] > 0.9
 
 
