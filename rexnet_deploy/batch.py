@@ -1,0 +1,158 @@
+"""Offline batch inference: a folder of images → one Parquet file of top-k predictions.
+
+Rows: ``file`` (the path as found), ``indices`` / ``labels`` / ``scores`` (the top-k, best first:
+the same as ``Engine.predict_files`` gives) and ``error`` (null, or why an unreadable file was
+skipped: one bad photo must not sink a job over a million). The local path runs in this process;
+:mod:`rexnet_deploy.ray_batch` spreads the same work over Ray actors. Needs pyarrow (``batch`` extra).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import UsageError
+
+COLUMNS = ("file", "indices", "labels", "scores", "error")
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    out: Path
+    rows: int
+    skipped: int
+    seconds: float
+    mode: str  # "local" or "ray (N actors)"
+
+    @property
+    def images_per_s(self) -> float:
+        return (self.rows - self.skipped) / self.seconds if self.seconds > 0 else 0.0
+
+
+def list_files(input_dir: str | os.PathLike) -> list[str]:
+    """The images below ``input_dir`` (recursive, sorted), as the engine's own finder sees them."""
+    from .images import expand_paths
+
+    root = Path(input_dir).expanduser()
+    if not root.is_dir():
+        raise UsageError(f"INPUT_DIR {root} is not a folder")
+    files = [str(p) for p in expand_paths([root])]
+    if not files:
+        raise UsageError(f"no images found below {root}")
+    return files
+
+
+def predict_rows(engine: Any, files: list[str], topk: int) -> dict[str, list]:
+    """Top-k rows for ``files`` with one ``predict_files`` call (decoding and preprocessing exactly
+    as it does); skipped files get empty lists and the reason."""
+    result = engine.predict_files(files, topk, skip_bad=True)
+    by_name = dict(zip(result.names, result.predictions))
+    why = dict(result.skipped)
+    rows: dict[str, list] = {c: [] for c in COLUMNS}
+    for f in files:
+        preds = by_name.get(f, [])
+        rows["file"].append(f)
+        rows["indices"].append([p.index for p in preds])
+        rows["labels"].append([p.label for p in preds])
+        rows["scores"].append([p.score for p in preds])
+        rows["error"].append(None if f in by_name else why.get(f, "not decoded"))
+    return rows
+
+
+def _schema():
+    import pyarrow as pa
+
+    return pa.schema([("file", pa.string()), ("indices", pa.list_(pa.int64())), ("labels", pa.list_(pa.string())),
+                      ("scores", pa.list_(pa.float64())), ("error", pa.string())])
+
+
+class ParquetSink:
+    """Writes row chunks to ``out`` as they come (bounded memory), via a temporary file renamed
+    at the end: an interrupted job leaves no half-written Parquet file."""
+
+    def __init__(self, out: str | os.PathLike, *, force: bool = False):
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise UsageError("batch writes Parquet with pyarrow: pip install 'rexnet-deploy[batch]'") from None
+        self.out = Path(out).expanduser()
+        if self.out.exists() and not force:
+            raise UsageError(f"--out {self.out} already exists (pass --force to replace it)")
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.out.with_name(f".{self.out.name}.{os.getpid()}.tmp")
+        self.writer = pq.ParquetWriter(self.tmp, _schema())
+        self.rows = self.skipped = 0
+
+    def write(self, rows: dict[str, list]) -> None:
+        import pyarrow as pa
+
+        self.writer.write_table(pa.table({c: rows[c] for c in COLUMNS}, schema=_schema()))
+        self.rows += len(rows["file"])
+        self.skipped += sum(e is not None for e in rows["error"])
+
+    def close(self, ok: bool) -> None:
+        self.writer.close()
+        if ok:
+            os.replace(self.tmp, self.out)
+        else:
+            self.tmp.unlink(missing_ok=True)
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def run_local(engine_path: str | os.PathLike, files: list[str], sink: ParquetSink, *, topk: int = 5,
+              batch_size: int = 64, **engine_options: Any) -> None:
+    """The single-process path: one engine, files in chunks of ``batch_size``."""
+    from .engine import Engine
+
+    with Engine.load(engine_path, **engine_options) as engine:
+        for chunk in _chunks(files, batch_size):
+            sink.write(predict_rows(engine, chunk, topk))
+
+
+def batch_predict(engine_path: str | os.PathLike, input_dir: str | os.PathLike, out: str | os.PathLike, *,
+                  topk: int = 5, batch_size: int = 64, ray_actors: int | None = None, force: bool = False,
+                  **engine_options: Any) -> BatchResult:
+    """Predict every image below ``input_dir`` and write the rows to the Parquet file ``out``.
+
+    ``ray_actors``: run on Ray Data with this many actors (each loads the engine once); None: here."""
+    if topk < 1 or batch_size < 1:
+        raise UsageError("--topk and --batch-size must be >= 1")
+    if ray_actors is not None and ray_actors < 1:
+        raise UsageError(f"--actors must be >= 1, got {ray_actors}")
+    from .artifact import load_artifact
+
+    load_artifact(engine_path)  # a bad artifact fails here, once, not in every actor
+    files = list_files(input_dir)
+    sink = ParquetSink(out, force=force)
+    start = time.perf_counter()
+    ok = False
+    try:
+        if ray_actors is None:
+            run_local(engine_path, files, sink, topk=topk, batch_size=batch_size, **engine_options)
+            mode = "local"
+        else:
+            from .ray_batch import run_ray
+
+            run_ray(engine_path, files, sink, topk=topk, batch_size=batch_size, actors=ray_actors, **engine_options)
+            mode = f"ray ({ray_actors} actor{'s' if ray_actors > 1 else ''})"
+        ok = True
+    finally:
+        sink.close(ok)
+    return BatchResult(sink.out, sink.rows, sink.skipped, time.perf_counter() - start, mode)
+
+
+def read_predictions(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of a predictions Parquet file, as dicts (for tests and small jobs)."""
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
+
+
+__all__ = ["BatchResult", "ParquetSink", "batch_predict", "list_files", "predict_rows", "read_predictions", "run_local"]

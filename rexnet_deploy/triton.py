@@ -1,0 +1,242 @@
+"""Export engine artifacts as a Triton Inference Server model repository.
+
+Each artifact becomes ``REPO/<name>/config.pbtxt`` + ``REPO/<name>/1/<model file>`` (+ the
+artifact's ``labels.txt`` for Triton's classification extension, and ``preprocess.json``: the
+eval transform clients must apply, since Triton receives the float32 NCHW batch).
+
+Backends: OpenVINO (``openvino`` backend), ONNX Runtime (``onnxruntime_onnx``), TensorRT
+(``tensorrt_plan``, only an artifact holding a built engine) and TorchScript
+(``pytorch_libtorch``, which addresses tensors by position: ``INPUT__0``, ``OUTPUT__k``).
+
+All models are staged in a hidden folder beside the repository and renamed into place only once every
+one of them is written (and its config parsed by Triton's own protobuf, where tritonclient is
+installed): an error leaves the repository as it was. No Triton library is needed to export.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from .artifact import Artifact, load_artifact
+from .errors import ArtifactError, BuildError, UsageError
+
+CONFIG = "config.pbtxt"
+VERSION = "1"
+PREPROCESS = "preprocess.json"
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32",
+           "uint8": "TYPE_UINT8"}
+
+
+@dataclass(frozen=True)
+class TritonTarget:
+    """How one backend's artifact maps onto a Triton backend."""
+
+    platform: str                  # the ``platform`` string (``backend`` where Triton has no platform)
+    uses_backend_field: bool       # openvino has no platform name: ``backend: "openvino"``
+    files: dict[str, str]          # artifact file → file name in the version folder (Triton's defaults)
+    positional_names: bool = False  # libtorch: INPUT__0 / OUTPUT__k
+
+
+TARGETS: dict[str, TritonTarget] = {
+    "onnxruntime": TritonTarget("onnxruntime_onnx", False, {"model.onnx": "model.onnx"}),
+    "openvino": TritonTarget("openvino", True, {"model.xml": "model.xml", "model.bin": "model.bin"}),
+    "tensorrt": TritonTarget("tensorrt_plan", False, {"model.engine": "model.plan"}),
+    "torchscript": TritonTarget("pytorch_libtorch", False, {"model.ts": "model.pt"}, positional_names=True),
+}
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    name: str
+    path: Path
+    platform: str
+    max_batch_size: int
+    kind: str  # KIND_CPU / KIND_GPU
+
+
+def triton_io_names(artifact: Artifact) -> tuple[str, list[str]]:
+    """The input and output names the Triton config uses (positional ones for libtorch)."""
+    outputs = [o["name"] for o in artifact.manifest["outputs"]]
+    if TARGETS[artifact.backend].positional_names:
+        return "INPUT__0", [f"OUTPUT__{k}" for k in range(len(outputs))]
+    return artifact.manifest["input"]["name"], outputs
+
+
+def _target(artifact: Artifact) -> TritonTarget:
+    target = TARGETS.get(artifact.backend)
+    if target is None:
+        raise UsageError(f"{artifact.path}: cannot export a {artifact.backend!r} artifact to Triton "
+                         f"(supported: {', '.join(TARGETS)})")
+    if artifact.backend == "tensorrt" and not (artifact.manifest.get("backend_config") or {}).get("engine"):
+        raise ArtifactError(f"{artifact.path} holds no TensorRT engine (only its graph: built without a TensorRT GPU "
+                            "host or with --onnx-only); build it on a TensorRT GPU host, or load it there once with "
+                            "--rebuild-engine, then export")
+    return target
+
+
+def _max_batch(artifact: Artifact, requested: int | None) -> int:
+    lo, hi = artifact.manifest["input"]["batch"]
+    if artifact.backend == "tensorrt":
+        # the engine's optimization profile is a hard limit; Triton batches anything from 1 up
+        profile = artifact.manifest["backend_config"].get("profile") or {}
+        hi = min(hi, int(profile.get("max", hi)))
+        if int(profile.get("min", lo)) > 1:
+            raise UsageError(f"{artifact.path}: its TensorRT profile starts at batch {profile['min']}, but Triton sends "
+                             "batches from 1; rebuild it with --batch 1:MAX")
+    if requested is None:
+        return hi
+    if not 1 <= requested <= hi:
+        raise UsageError(f"--max-batch {requested} is outside 1..{hi}, the batch range of {artifact.path}")
+    return requested
+
+
+def _dims(shape: Sequence[int]) -> str:
+    return "[ " + ", ".join(str(int(v)) for v in shape[1:]) + " ]"  # batch dim dropped: max_batch_size > 0
+
+
+def _dtype(name: str, where: str) -> str:
+    if name not in _DTYPES:
+        raise UsageError(f"{where}: dtype {name!r} has no Triton type here")
+    return _DTYPES[name]
+
+
+def _parameters(artifact: Artifact) -> dict[str, str]:
+    """Backend parameters. OpenVINO: the precision hint the engine was checked at; the CPU plugin's
+    own default may be bf16/f16 on AMX hosts (measured here: logits off by 2e-4 without it)."""
+    if artifact.backend != "openvino":
+        return {}
+    hint = (artifact.manifest.get("backend_config") or {}).get("inference_precision_hint")
+    return {"INFERENCE_PRECISION_HINT": hint} if hint else {}
+
+
+def config_text(artifact: Artifact, name: str, *, max_batch: int | None = None, instances: int = 1,
+                max_queue_delay_us: int = 500, labels: bool = False) -> str:
+    """The ``config.pbtxt`` of one artifact (names, dims and dtypes from its manifest)."""
+    target = _target(artifact)
+    m = artifact.manifest
+    batch = _max_batch(artifact, max_batch)
+    in_name, out_names = triton_io_names(artifact)
+    gpu = artifact.backend == "tensorrt" or str(m.get("device", "cpu")).startswith("cuda")
+    kind = "KIND_GPU" if gpu else "KIND_CPU"
+    lines = [f'name: "{name}"',
+             f'backend: "{target.platform}"' if target.uses_backend_field else f'platform: "{target.platform}"',
+             f"max_batch_size: {batch}",
+             "input [",
+             f'  {{ name: "{in_name}", data_type: {_dtype(m["input"]["dtype"], str(artifact.path))}, '
+             f'dims: {_dims(m["input"]["shape"])} }}',
+             "]",
+             "output ["]
+    outs = []
+    for k, (spec, out_name) in enumerate(zip(m["outputs"], out_names)):
+        # logits + labels.txt: Triton's classification extension can answer top-k with names
+        label = ', label_filename: "labels.txt"' if labels and k == 0 and m["model"]["head"] == "classify" else ""
+        outs.append(f'  {{ name: "{out_name}", data_type: {_dtype(spec.get("dtype", "float32"), str(artifact.path))}, '
+                    f'dims: {_dims(spec["shape"])}{label} }}')
+    lines += [",\n".join(outs), "]",
+              f"instance_group [ {{ count: {instances}, kind: {kind} }} ]",
+              *[f'parameters {{ key: "{k}", value: {{ string_value: "{v}" }} }}' for k, v in _parameters(artifact).items()],
+              f"dynamic_batching {{ max_queue_delay_microseconds: {max_queue_delay_us} }}"]
+    return "\n".join(lines) + "\n"
+
+
+def parse_config(text: str) -> Any:
+    """Parse config text into Triton's own ``ModelConfig`` protobuf (needs ``tritonclient[grpc]``):
+    an unknown field, a bad enum or a syntax error raises."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    return text_format.Parse(text, model_config_pb2.ModelConfig())
+
+
+def _can_parse() -> bool:
+    import importlib.util
+
+    with contextlib.suppress(ImportError, ValueError):
+        return importlib.util.find_spec("tritonclient.grpc.model_config_pb2") is not None
+    return False
+
+
+def _write_model(artifact: Artifact, name: str, folder: Path, *, validate: bool, **options: Any) -> ExportedModel:
+    target = _target(artifact)
+    has_labels = bool((artifact.manifest.get("labels") or {}).get("file"))
+    text = config_text(artifact, name, labels=has_labels, **options)
+    if validate:
+        try:
+            parse_config(text)
+        except Exception as exc:  # text_format.ParseError: a bug of config_text, never silently shipped
+            raise BuildError(f"the generated {CONFIG} of {name} does not parse as Triton's ModelConfig: {exc}") from None
+    (folder / VERSION).mkdir(parents=True)
+    for src, dst in target.files.items():
+        if not artifact.file(src).is_file():
+            raise ArtifactError(f"{artifact.path} is missing its payload file {src}")
+        shutil.copyfile(artifact.file(src), folder / VERSION / dst)
+    if has_labels:
+        shutil.copyfile(artifact.file(artifact.manifest["labels"]["file"]), folder / "labels.txt")
+    (folder / PREPROCESS).write_text(json.dumps(artifact.manifest["preprocess"], indent=2) + "\n")
+    (folder / CONFIG).write_text(text)
+    kind = "KIND_GPU" if "KIND_GPU" in text else "KIND_CPU"
+    return ExportedModel(name, folder, target.platform, int(re.search(r"max_batch_size: (\d+)", text)[1]), kind)
+
+
+def export_triton(engines: Sequence[str | os.PathLike], repo: str | os.PathLike, *,
+                  names: Sequence[str] | None = None, force: bool = False, max_batch: int | None = None,
+                  instances: int = 1, max_queue_delay_us: int = 500, validate: bool | None = None) -> list[ExportedModel]:
+    """Write each engine artifact into the Triton repository ``repo`` as one model.
+
+    ``names``: one model name per engine (default: the artifact folder's name). ``validate``:
+    parse every config with Triton's protobuf (default: when tritonclient is installed)."""
+    if not engines:
+        raise UsageError("export-triton needs at least one ENGINE")
+    if names and len(names) != len(engines):
+        raise UsageError(f"--name given {len(names)} times for {len(engines)} engines: give one per engine or none")
+    if instances < 1 or max_queue_delay_us < 0:
+        raise UsageError("--instances must be >= 1 and --max-queue-delay-us >= 0")
+    validate = _can_parse() if validate is None else validate
+    artifacts = [load_artifact(path) for path in engines]  # verifies checksums: never export a damaged payload
+    chosen = list(names) if names else [a.path.resolve().name for a in artifacts]
+    for name, artifact in zip(chosen, artifacts):
+        if not _NAME.match(name):
+            raise UsageError(f"{name!r} is not a usable Triton model name (letters, digits, _ . -): pass --name")
+        _target(artifact)  # refuse a foreign backend or an engine-less TensorRT artifact before writing
+    clashes = sorted({n for n in chosen if chosen.count(n) > 1})
+    if clashes:
+        raise UsageError(f"two engines would both be Triton model {clashes[0]!r}: pass --name for each")
+    root = Path(repo).expanduser()
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"--repo {root} exists and is not a folder")
+    for name in chosen:
+        if (root / name).exists() and not force:
+            raise UsageError(f"{root / name} already exists (pass --force to replace it)")
+        if (root / name).exists() and not (root / name / CONFIG).is_file():
+            raise UsageError(f"{root / name} exists and is not a Triton model (no {CONFIG}); refusing to replace it")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        # staged beside the repository, not in it: a polling Triton would try to load a hidden folder
+        stage = Path(tempfile.mkdtemp(dir=root.resolve().parent, prefix=f".{root.name}.triton-"))
+    except OSError as exc:
+        raise UsageError(f"cannot create --repo {root}: {exc.strerror or exc}") from None
+    try:
+        staged = [_write_model(a, n, stage / n, validate=validate, max_batch=max_batch, instances=instances,
+                               max_queue_delay_us=max_queue_delay_us) for a, n in zip(artifacts, chosen)]
+        done = []
+        for model in staged:
+            dest = root / model.name
+            if dest.exists():  # --force: old aside, new in (a crash in between leaves one of them whole)
+                os.replace(dest, stage / f".old-{model.name}")
+            os.replace(model.path, dest)
+            done.append(ExportedModel(model.name, dest, model.platform, model.max_batch_size, model.kind))
+        return done
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+__all__ = ["ExportedModel", "TARGETS", "config_text", "export_triton", "parse_config", "triton_io_names"]
