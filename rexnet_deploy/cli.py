@@ -385,15 +385,20 @@ def predict_command(engine_path, images, topk, skip_bad, as_json, rebuild_engine
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="uvicorn worker processes, each with its own engine.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Engine threads per worker (openvino, onnxruntime) [all cores].")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info", show_default=True)
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="Keep compiled models here (openvino, onnxruntime): a fresh replica imports instead of compiling.")
+@click.option("--fast-preprocess", is_flag=True,
+              help="Decode large JPEGs at reduced scale and box-reduce before resizing (off timm's transform; README).")
 def serve_command(engine_path, host, port, max_batch, max_delay_ms, max_queue, max_body_mb, workers, threads,
-                  log_level) -> None:
+                  log_level, cache_dir, fast_preprocess) -> None:
     """HTTP inference service: POST /v1/predict (image bytes), POST /v1/infer (tensor), GET /healthz, GET /metrics.
     Requests are batched dynamically (see the README's Serving section). Needs the serve extra."""
     from .serving.server import serve
 
     serve(engine_path, host=host, port=port, workers=workers, max_batch=max_batch, max_delay_ms=max_delay_ms,
           max_queue=max_queue, max_body_bytes=int(max_body_mb * 1024 * 1024),
-          engine_options=_engine_options(threads=threads), log_level=log_level)
+          engine_options=_engine_options(threads=threads, cache_dir=cache_dir, fast_preprocess=fast_preprocess),
+          log_level=log_level)
 
 
 @main.command(name="matrix")

@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import BinaryIO, Iterable, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import ImageError, InputError, one_line
+from .preprocess import DRAFT_INFO, PreprocessConfig, draft_size
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 # A decompression bomb is an input error here, not a warning.
@@ -38,17 +39,19 @@ def expand_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
     return [f for p in paths for f in (find_images(p) if Path(p).is_dir() else [Path(p)])]
 
 
-def load_image(path: str | os.PathLike) -> Image.Image:
-    """Decode one file fully into an RGB PIL image; raise ImageError naming the file and why."""
+def load_image(path: str | os.PathLike, *, draft: PreprocessConfig | None = None) -> Image.Image:
+    """Decode one file fully into an RGB PIL image; raise ImageError naming the file and why.
+    ``draft``: fast mode for that transform, a large JPEG is decoded at a reduced scale (see
+    :mod:`.preprocess`); the original size travels in ``info`` so the geometry stays the original's."""
     p = Path(path)
     if not p.exists():
         raise ImageError(f"image not found: {p}", [(str(p), "not found")])
     if p.is_dir():
         raise ImageError(f"not an image file (a folder): {p}", [(str(p), "is a folder")])
     try:
-        with Image.open(p) as img:
-            img.load()  # decode now: a truncated file fails here, not later in the pipeline
-            return to_rgb(img)
+        # the file object, not the image, is closed after decoding: an RGB image then needs no copy
+        with open(p, "rb") as f:
+            return decode(f, draft=draft)
     except UnidentifiedImageError:
         reason = "not a supported image format"
     except Image.DecompressionBombError:
@@ -56,6 +59,20 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     except (OSError, SyntaxError, ValueError) as exc:
         reason = f"corrupt image ({one_line(exc)})"
     raise ImageError(f"cannot read image {p}: {reason}", [(str(p), reason)])
+
+
+def decode(fp: BinaryIO, *, draft: PreprocessConfig | None = None) -> Image.Image:
+    """An open image file → RGB PIL image, fully decoded (a truncated file fails here, not later
+    in the pipeline); the caller closes ``fp``, so an RGB image needs no copy. ``draft``: see
+    :func:`load_image`. Raises Pillow's errors."""
+    img = Image.open(fp)
+    if draft is not None and img.format == "JPEG":
+        original = img.size
+        drafted = img.draft("RGB", draft_size(original, draft))
+        if drafted is not None and img.size != original:
+            img.info[DRAFT_INFO] = (original, drafted[1])
+    img.load()
+    return img if img.mode == "RGB" else to_rgb(img)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -98,9 +115,10 @@ class LoadedImages:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-def load_images(sources: Iterable, *, skip_bad: bool = False) -> LoadedImages:
+def load_images(sources: Iterable, *, skip_bad: bool = False, draft: PreprocessConfig | None = None) -> LoadedImages:
     """Decode paths, PIL images or uint8 arrays. Bad files are all listed in one error, or
-    skipped (and recorded) when ``skip_bad``; an empty result is always an error."""
+    skipped (and recorded) when ``skip_bad``; an empty result is always an error. ``draft``: see
+    :func:`load_image` (files only)."""
     out = LoadedImages()
     for i, src in enumerate(sources):
         if isinstance(src, Image.Image):
@@ -111,7 +129,7 @@ def load_images(sources: Iterable, *, skip_bad: bool = False) -> LoadedImages:
             out.names.append(f"<array {i}>")
         elif isinstance(src, (str, os.PathLike)):
             try:
-                out.images.append(load_image(src))
+                out.images.append(load_image(src, draft=draft))
                 out.names.append(str(src))
             except ImageError as exc:
                 out.skipped.extend(exc.bad)

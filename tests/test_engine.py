@@ -90,7 +90,7 @@ def test_predict_files_decodes_each_file_once_and_lists_the_skipped(engine, imag
     bad.write_bytes(b"not a picture")
     decoded: list[str] = []
     original = images.load_image
-    monkeypatch.setattr(images, "load_image", lambda p: decoded.append(str(p)) or original(p))
+    monkeypatch.setattr(images, "load_image", lambda p, **kw: decoded.append(str(p)) or original(p, **kw))
     files = sorted(image_dir.iterdir())
     found = engine.predict_files([image_dir, bad], topk=2, skip_bad=True)
     assert found.names == [str(p) for p in files] and [f for f, _ in found.skipped] == [str(bad)]

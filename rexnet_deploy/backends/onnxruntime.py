@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
+import threading
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -33,6 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..spec import BuildSpec
 
 PAYLOAD = "model.onnx"
+OPTIMIZED = "optimized.onnx"  # the cached graph, in the engine's cache folder
 
 
 def validate(spec: BuildSpec, options: dict[str, Any]) -> dict[str, Any]:
@@ -145,24 +148,53 @@ def _quantize(src, dst, calib) -> dict[str, Any]:
 
 
 class OnnxRuntimeEngine(Engine):
-    """Options: ``threads`` (intra-op threads; default all cores)."""
+    """Options: ``threads`` (intra-op threads; default all cores); ``cache_dir`` (``Engine.load``):
+    the graph as optimized for this CPU is saved there once and later sessions load it with graph
+    optimizations off (ONNX Runtime's offline mode: the saved graph may hold this CPU's layout
+    kernels, so the folder is keyed by runtime version and CPU, see :mod:`rexnet_deploy.cache`)."""
 
     def _setup(self, *, threads: int | None = None, **options: Any) -> None:
         if options:
-            raise UsageError(f"unknown onnxruntime options: {', '.join(options)} (known: threads)")
+            raise UsageError(f"unknown onnxruntime options: {', '.join(options)} (known: threads, cache_dir)")
         if self.device != "cpu":
             raise UsageError(f"onnxruntime engines run on cpu here, not {self.device}")
         import onnxruntime as ort
 
+        self._ort, self._threads = ort, threads
+        source = self.artifact.file(self.manifest["payload"])
+        cache = self._cache_folder("onnxruntime", ort.__version__)
+        self.cache_folder = cache
+        cached = None if cache is None else cache / OPTIMIZED
+        self.cache_hit = False
+        if cached is not None and cached.is_file():
+            try:
+                self._session = self._open(cached, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+                self.cache_hit = True
+                return
+            except Exception:  # a damaged cache file: rebuild it from the payload
+                cached.unlink(missing_ok=True)
+        if cached is None:
+            self._session = self._open(source, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+            return
+        # written under a unique name then renamed: replicas sharing the folder never read half a file
+        tmp = cached.with_name(f".{OPTIMIZED}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            self._session = self._open(source, ort.GraphOptimizationLevel.ORT_ENABLE_ALL, save_to=tmp)
+            os.replace(tmp, cached)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _open(self, path, level, save_to=None):
         from ..onnx_export import ort_log_level
 
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so = self._ort.SessionOptions()
+        so.graph_optimization_level = level
         so.log_severity_level = ort_log_level()
-        if threads:
-            so.intra_op_num_threads = int(threads)
-        self._session = ort.InferenceSession(str(self.artifact.file(self.manifest["payload"])), so,
-                                             providers=["CPUExecutionProvider"])
+        if save_to is not None:
+            so.optimized_model_filepath = str(save_to)
+        if self._threads:
+            so.intra_op_num_threads = int(self._threads)
+        return self._ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
     def _infer(self, batch: np.ndarray) -> list[np.ndarray]:
         return self._session.run(self.output_names, {self.input_name: batch})

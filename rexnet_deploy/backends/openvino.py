@@ -182,7 +182,9 @@ def _config(performance_hint: str, precision_hint: str | None, streams: int | No
 class OpenVINOEngine(Engine):
     """Options (``Engine.load(path, **options)``): ``mode`` auto|latency|throughput; ``threads``
     (CPU threads, default all); ``streams`` for throughput mode (default: the plugin's choice);
-    ``throughput_batch`` (auto mode: batches this big and up use throughput mode; default 8)."""
+    ``throughput_batch`` (auto mode: batches this big and up use throughput mode; default 8);
+    ``cache_dir`` (``Engine.load``): compiled batch sizes are exported there and imported by the
+    next process instead of compiled again."""
 
     def _setup(self, *, mode: str = "auto", threads: int | None = None, streams: int | None = None,
                throughput_batch: int = 8, **options: Any) -> None:
@@ -200,6 +202,10 @@ class OpenVINOEngine(Engine):
         self.mode, self.threads, self.streams = mode, threads, streams
         self.throughput_batch = max(1, int(throughput_batch))
         self._core = ov.Core()
+        cache = self._cache_folder("openvino", ov.__version__)
+        if cache is not None:  # OpenVINO keys each blob by model + compile config inside the folder
+            self._core.set_property({"CACHE_DIR": str(cache)})
+        self.cache_folder = cache
         self._model = self._core.read_model(str(self.artifact.file(self.manifest["payload"])))
         self._hint = self.manifest.get("backend_config", {}).get(
             "inference_precision_hint", RUNTIME_PRECISION.get(self.precision))

@@ -96,6 +96,7 @@ class Batcher:
         self.stats = BatcherStats()
         self._on_batch = on_batch
         self._cfg = engine.preprocess_config
+        self._fast = getattr(engine, "fast_preprocess", False)  # engine-like stand-ins may lack it
         self._input_shape = engine.input_shape
         self._queue: collections.deque[_Request] = collections.deque()
         self._cond = threading.Condition()
@@ -116,7 +117,7 @@ class Batcher:
         future: concurrent.futures.Future = concurrent.futures.Future()
         try:
             self._check_accepting()
-            tensor = to_tensor(item, self._cfg, self._input_shape)
+            tensor = to_tensor(item, self._cfg, self._input_shape, fast=self._fast)
             self._enqueue(tensor, future)
         except Exception as exc:
             future.set_exception(exc)

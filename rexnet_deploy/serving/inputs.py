@@ -12,18 +12,17 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import ImageError, InputError, one_line
-from ..images import array_to_image, load_image, to_rgb
+from ..images import array_to_image, decode, load_image, to_rgb
 from ..preprocess import PreprocessConfig, preprocess_image
 
 
-def decode_image_bytes(data: bytes) -> Image.Image:
-    """Encoded image bytes (JPEG, PNG, WebP, ...) → RGB PIL image, fully decoded; ImageError if not."""
+def decode_image_bytes(data: bytes, *, draft: PreprocessConfig | None = None) -> Image.Image:
+    """Encoded image bytes (JPEG, PNG, WebP, ...) → RGB PIL image, fully decoded (a truncated
+    upload fails here, in its own request); ImageError if not. ``draft``: fast mode (see images.load_image)."""
     if not data:
         raise ImageError("empty image body", [("<bytes>", "empty")])
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()  # decode now: a truncated upload fails here, in its own request
-            return to_rgb(img)
+        return decode(io.BytesIO(data), draft=draft)
     except UnidentifiedImageError:
         reason = "not a supported image format"
     except Image.DecompressionBombError:
@@ -50,15 +49,16 @@ def check_tensor(x: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-def to_tensor(item: Any, cfg: PreprocessConfig, input_shape: tuple[int, ...]) -> np.ndarray:
+def to_tensor(item: Any, cfg: PreprocessConfig, input_shape: tuple[int, ...], *, fast: bool = False) -> np.ndarray:
     """A float array is taken as preprocessed; bytes, a path, a PIL image or a uint8 HxWx3 array
-    is decoded and run through the engine's eval transform."""
+    is decoded and run through the engine's eval transform (``fast``: the engine's fast_preprocess)."""
+    draft = cfg if fast else None
     if isinstance(item, np.ndarray) and item.dtype.kind == "f":
         return check_tensor(item, input_shape)
     if isinstance(item, (bytes, bytearray, memoryview)):
-        img = decode_image_bytes(bytes(item))
+        img = decode_image_bytes(bytes(item), draft=draft)
     elif isinstance(item, (str, os.PathLike)):
-        img = load_image(item)
+        img = load_image(item, draft=draft)
     elif isinstance(item, Image.Image):
         img = to_rgb(item)
     elif isinstance(item, np.ndarray):
@@ -66,4 +66,4 @@ def to_tensor(item: Any, cfg: PreprocessConfig, input_shape: tuple[int, ...]) ->
     else:
         raise InputError(f"cannot serve a {type(item).__name__}: pass a float32 CHW tensor, image bytes, "
                          "a path, a PIL image or a uint8 HxWx3 array")
-    return preprocess_image(img, cfg)
+    return preprocess_image(img, cfg, fast=fast)
