@@ -146,3 +146,10 @@ def test_serve_cache_dir_and_fast_preprocess(ort_path, tmp_path):
     finally:
         assert _stop(proc) == 0
     assert len(list((tmp_path / "cache").rglob("optimized.onnx"))) == 1
+
+
+def test_loading_without_the_runtime_names_the_runtime_extra(ort_path, image_dir, tmp_path):
+    from .conftest import expect_error, run_cli, without_module
+
+    r = run_cli("predict", str(ort_path), str(image_dir), env=without_module(tmp_path, "onnxruntime"))
+    expect_error(r, "needs onnxruntime", "pip install 'rexnet-deploy[onnxruntime-runtime]'")

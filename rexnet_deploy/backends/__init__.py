@@ -41,6 +41,7 @@ class BackendInfo:
     # what `build` still makes on a host where host_problem() rules out every precision (listed
     # by `backends`, named in matrix's skip reason); None: the backend is unusable there
     host_fallback: str | None = None
+    runtime_extra: str | None = None  # pip extra with the runtime alone (serving replicas); None: ``extra``
 
     def available(self, *, for_build: bool = False) -> bool:
         mods = self.runtime_imports + (self.build_imports + self.extra_build_imports if for_build else ())
@@ -112,6 +113,7 @@ BACKENDS: dict[str, BackendInfo] = {
         runtime_imports=("openvino",),
         build_imports=("torch", "timm"),
         extra_build_imports=("nncf",),
+        runtime_extra="openvino-runtime",
         summary="OpenVINO IR for Intel CPUs; FP32 pinned to f32, FP16 weights, BF16, INT8 via NNCF; no torch at runtime",
         options=_OPENVINO_OPTIONS,
     ),
@@ -124,6 +126,7 @@ BACKENDS: dict[str, BackendInfo] = {
         runtime_imports=("onnxruntime",),
         build_imports=("torch", "timm"),
         extra_build_imports=("onnx",),
+        runtime_extra="onnxruntime-runtime",
         summary="ONNX graph on ONNX Runtime CPU; FP16 (ModelOpt autocast); INT8 as QDQ with uint8 activations "
                 "(the CPU-fast format) or, with --qad-steps, the distilled int8 Q/DQ graph; no torch at runtime",
         options=(_QAD_QDQ,),
@@ -201,7 +204,9 @@ def load_module(info: BackendInfo, *, for_build: bool = False) -> ModuleType:
     mods = own + (info.build_imports if for_build else ())
     missing = [m for m in mods if importlib.util.find_spec(m) is None]
     if missing:
-        extras = [e for e, need in ((info.extra, own), ("build", info.build_imports)) if set(missing) & set(need)]
+        # loading an engine needs the runtime alone: name the runtime-only extra where there is one
+        extra = info.extra if for_build else (info.runtime_extra or info.extra)
+        extras = [e for e, need in ((extra, own), ("build", info.build_imports)) if set(missing) & set(need)]
         raise BackendUnavailable(
             f"the {info.name} backend needs {', '.join(missing)}, which is not installed: "
             f"pip install 'rexnet-deploy[{','.join(dict.fromkeys(extras))}]'"
