@@ -51,14 +51,25 @@ def load_image(path: str | os.PathLike, *, draft: PreprocessConfig | None = None
     try:
         # the file object, not the image, is closed after decoding: an RGB image then needs no copy
         with open(p, "rb") as f:
-            return decode(f, draft=draft)
+            return decode_or_fail(f, str(p), draft=draft)
+    except OSError as exc:  # open() itself (permissions, a vanished file); decoding failed above
+        reason = f"corrupt image ({one_line(exc)})"
+        raise ImageError(f"cannot read image {p}: {reason}", [(str(p), reason)]) from None
+
+
+def decode_or_fail(fp: BinaryIO, source: str | None, *, draft: PreprocessConfig | None = None) -> Image.Image:
+    """:func:`decode`, with Pillow's failures turned into one ImageError naming ``source`` (a
+    path; None for uploaded bytes) and why."""
+    try:
+        return decode(fp, draft=draft)
     except UnidentifiedImageError:
         reason = "not a supported image format"
     except Image.DecompressionBombError:
         reason = "image too large"
     except (OSError, SyntaxError, ValueError) as exc:
         reason = f"corrupt image ({one_line(exc)})"
-    raise ImageError(f"cannot read image {p}: {reason}", [(str(p), reason)])
+    where = f" {source}" if source else ""
+    raise ImageError(f"cannot read image{where}: {reason}", [(source or "<bytes>", reason)])
 
 
 def decode(fp: BinaryIO, *, draft: PreprocessConfig | None = None) -> Image.Image:

@@ -9,10 +9,10 @@ import os
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from ..errors import ImageError, InputError, one_line
-from ..images import array_to_image, decode, load_image, to_rgb
+from ..errors import ImageError, InputError
+from ..images import array_to_image, decode_or_fail, load_image, to_rgb
 from ..preprocess import PreprocessConfig, preprocess_image
 
 
@@ -21,15 +21,7 @@ def decode_image_bytes(data: bytes, *, draft: PreprocessConfig | None = None) ->
     upload fails here, in its own request); ImageError if not. ``draft``: fast mode (see images.load_image)."""
     if not data:
         raise ImageError("empty image body", [("<bytes>", "empty")])
-    try:
-        return decode(io.BytesIO(data), draft=draft)
-    except UnidentifiedImageError:
-        reason = "not a supported image format"
-    except Image.DecompressionBombError:
-        reason = "image too large"
-    except (OSError, SyntaxError, ValueError) as exc:
-        reason = f"corrupt image ({one_line(exc)})"
-    raise ImageError(f"cannot read image: {reason}", [("<bytes>", reason)])
+    return decode_or_fail(io.BytesIO(data), None, draft=draft)
 
 
 def check_tensor(x: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
