@@ -310,6 +310,18 @@ def _as_list(images: Any) -> Sequence:
     raise InputError(f"cannot use a {type(images).__name__} as images")
 
 
+def batch_buckets(lo: int, hi: int) -> list[int]:
+    """``lo``, every power of two between, and ``hi``: the batch sizes a runtime that compiles per
+    shape is warmed at, and that other batch sizes are padded up to (:func:`padded_size`)."""
+    return [lo] + [2 ** k for k in range(max(lo - 1, 0).bit_length(), hi.bit_length()) if lo < 2 ** k < hi] \
+        + ([hi] if hi != lo else [])
+
+
+def padded_size(n: int, sizes: Sequence[int]) -> int:
+    """The smallest of ``sizes`` that holds ``n`` rows (``n`` itself when none does)."""
+    return min((m for m in sizes if m >= n), default=n)
+
+
 def output_list(out: Any) -> list:
     """A model call's result as a list of outputs (one tensor, or a tuple/list of them)."""
     return list(out) if isinstance(out, (list, tuple)) else [out]

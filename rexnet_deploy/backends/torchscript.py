@@ -17,14 +17,13 @@ channels-last 32.2 / 932. ReXNet's depthwise convolutions run much faster in NHW
 from __future__ import annotations
 
 import contextlib
-import math
 import threading
 import warnings
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from ..engine import Engine, from_dlpack_of, output_list
+from ..engine import Engine, batch_buckets, from_dlpack_of, output_list, padded_size
 from ..errors import BackendUnavailable, BuildError, InputError, UsageError, one_line
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -145,13 +144,7 @@ def default_warm_batches(lo: int, hi: int) -> tuple[int, ...]:
     after warming 1, 16 and 256, a first call at batch 3 took 4.6 ms but one at batch 48 took
     2.56 s (steady 9.2 ms): TorchScript on CUDA still compiles for some new shapes. Padding costs
     at most 2x the work of an odd-sized batch; a compile on a request costs seconds."""
-    sizes = [lo] + [2 ** k for k in range(max(lo - 1, 0).bit_length(), hi.bit_length()) if lo < 2 ** k < hi] + [hi]
-    return tuple(dict.fromkeys(sizes))
-
-
-def padded_size(n: int, warmed: Sequence[int]) -> int:
-    """The smallest warmed batch size that holds ``n`` rows (``n`` itself when none does)."""
-    return min((m for m in warmed if m >= n), default=n)
+    return tuple(batch_buckets(lo, hi))
 
 
 class CudaGraph:
@@ -209,7 +202,7 @@ class TorchScriptEngine(Engine):
       on the first calls of every new shape (seconds), which a service must not pay on a request.
       ``engine.warmup`` holds what each size cost (first call, calls, seconds);
     * ``warm_batches``: the sizes to warm [:func:`default_warm_batches`]; on CUDA a call of
-      another size runs padded to the next warmed size (:func:`padded_size`);
+      another size runs padded to the next warmed size (:func:`~rexnet_deploy.engine.padded_size`);
     * ``cuda_graph``: also capture one CUDA graph per warmed size and replay it for calls of that
       size (numpy calls go through pinned host buffers); other sizes run the module. Calls are
       serialised by a lock; tensor calls must come from one CUDA stream at a time (the graphs

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 import numpy as np
 
 from ..errors import Overloaded, ServiceClosed, UsageError
+from ..engine import batch_buckets, padded_size
 from .inputs import to_tensor
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -59,17 +60,6 @@ class _Request:
     arrived: float  # time.monotonic()
 
 
-def default_batch_sizes(lo: int, max_batch: int) -> list[int]:
-    """Powers of two from ``lo`` up, and ``lo`` and ``max_batch`` themselves."""
-    sizes = {lo, max_batch}
-    p = 1
-    while p < max_batch:
-        if p >= lo:
-            sizes.add(p)
-        p *= 2
-    return sorted(sizes)
-
-
 class Batcher:
     """Dynamic batching in front of one ``Engine`` (see the module docstring)."""
 
@@ -87,7 +77,7 @@ class Batcher:
         self.max_batch = min(max(max_batch, lo), hi)  # the engine cannot run a bigger batch
         self.max_delay = max_delay_ms / 1000.0
         self.max_queue = max_queue
-        sizes = sorted(set(batch_sizes)) if batch_sizes is not None else default_batch_sizes(lo, self.max_batch)
+        sizes = sorted(set(batch_sizes)) if batch_sizes is not None else batch_buckets(lo, self.max_batch)
         bad = [s for s in sizes if not lo <= s <= hi]
         if bad:
             raise UsageError(f"batch sizes {bad} are outside this engine's range {lo}..{hi}")
@@ -199,12 +189,9 @@ class Batcher:
             if live:
                 self._run_batch(live)
 
-    def _padded_size(self, n: int) -> int:
-        return next(s for s in self.batch_sizes if s >= n)
-
     def _run_batch(self, live: list[_Request]) -> None:
         n = len(live)
-        size = self._padded_size(n)
+        size = padded_size(n, self.batch_sizes)
         batch = np.empty((size, *self._input_shape[1:]), dtype=np.float32)
         for i, r in enumerate(live):
             batch[i] = r.tensor
