@@ -34,23 +34,25 @@ class BatchResult:
 
 def list_files(input_dir: str | os.PathLike) -> list[str]:
     """The images below ``input_dir`` (recursive, sorted), as the engine's own finder sees them."""
-    from .images import expand_paths
+    from .images import find_images
 
     root = Path(input_dir).expanduser()
     if not root.is_dir():
         raise UsageError(f"INPUT_DIR {root} is not a folder")
-    files = [str(p) for p in expand_paths([root])]
-    if not files:
-        raise UsageError(f"no images found below {root}")
-    return files
+    return [str(p) for p in find_images(root)]  # it refuses a folder without images
 
 
 def predict_rows(engine: Any, files: list[str], topk: int) -> dict[str, list]:
     """Top-k rows for ``files`` with one ``predict_files`` call (decoding and preprocessing exactly
-    as it does); skipped files get empty lists and the reason."""
-    result = engine.predict_files(files, topk, skip_bad=True)
-    by_name = dict(zip(result.names, result.predictions))
-    why = dict(result.skipped)
+    as it does); skipped files get empty lists and the reason, also when no file of the chunk is
+    readable (``predict_files`` then raises)."""
+    from .errors import ImageError
+
+    try:
+        result = engine.predict_files(files, topk, skip_bad=True)
+        by_name, why = dict(zip(result.names, result.predictions)), dict(result.skipped)
+    except ImageError as exc:
+        by_name, why = {}, dict(exc.bad)
     rows: dict[str, list] = {c: [] for c in COLUMNS}
     for f in files:
         preds = by_name.get(f, [])

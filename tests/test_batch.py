@@ -55,6 +55,17 @@ def test_local_matches_predict_files(ts_engine_path, photos, tmp_path):
     assert_matches_predict_files(rows, ts_engine_path, 3)
 
 
+def test_a_chunk_without_a_readable_file_becomes_error_rows(ts_engine_path, photos, tmp_path):
+    """batch size 1: the broken file is a chunk alone, where predict_files finds nothing to read."""
+    out = tmp_path / "preds.parquet"
+    result = batch_predict(ts_engine_path, photos, out, topk=2, batch_size=1)
+    rows = read_predictions(out)
+    assert result.rows == 7 and result.skipped == 1
+    broken = next(r for r in rows if r["file"].endswith("broken.jpg"))
+    assert broken["indices"] == [] and broken["error"] == "not a supported image format"  # the reason, not a crash
+    assert_matches_predict_files(rows, ts_engine_path, 2)
+
+
 def test_cli_batch_and_refusals(ts_engine_path, photos, tmp_path):
     out = tmp_path / "p.parquet"
     r = run_cli("batch", str(ts_engine_path), str(photos), "--out", str(out), "--topk", "2")
