@@ -58,13 +58,15 @@ def export(ref, path: Path, *, opset: int = OPSET, batch: tuple[int, int] = (1, 
     return {"opset": opset, "exporter": "torch.onnx (TorchScript)", "max_abs_error_vs_torch": worst}
 
 
-def cpu_session(path: Path):
-    """An ONNX Runtime session on the CPU provider (ONNX Runtime's default graph optimizations)."""
+def cpu_session(source: str | os.PathLike | Any):
+    """An ONNX Runtime session on the CPU provider (ONNX Runtime's default graph optimizations),
+    of a file or of an in-memory ``onnx.ModelProto``."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = ort_log_level()
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    model = source.SerializeToString() if hasattr(source, "SerializeToString") else str(source)
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 def ort_log_level() -> int:

@@ -219,17 +219,15 @@ class _OrtEmulator:
     def __init__(self, path: Path):
         try:
             import onnx
-            import onnxruntime as ort
+            import onnxruntime  # noqa: F401  (present? cpu_session imports it only when called)
 
             from ..modelopt_passes import fp32_quantize_inputs
-            from ..onnx_export import ort_log_level
+            from ..onnx_export import cpu_session
         except ImportError:
             raise BackendUnavailable("emulating a TensorRT graph needs onnx and onnxruntime: "
                                      "pip install 'rexnet-deploy[trt]'") from None
         model, self.rewired = fp32_quantize_inputs(onnx.load(str(path)))
-        options = ort.SessionOptions()
-        options.log_severity_level = ort_log_level()
-        self._session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        self._session = cpu_session(model)
         self._input = self._session.get_inputs()[0].name
         self._outputs = [o.name for o in self._session.get_outputs()]
 

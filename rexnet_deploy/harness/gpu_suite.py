@@ -277,13 +277,15 @@ class GpuChecks:
     """The sections, sharing one reference model, the FP16 (dry run: FP32) engine, and timings."""
 
     def __init__(self, suite: Suite, torch: Any):
+        from .bench import cuda_sync
+
         self.s, self.cfg, self.torch = suite, suite.cfg, torch
         self.cuda = not self.cfg.dry_run
         self.device = "cuda" if self.cuda else "cpu"
         self.fast = "fp16" if self.cuda else "fp32"  # the dry run's stand-in for FP16 (TorchScript FP16 needs CUDA)
         self.label = "fp16" if self.cuda else "fp32 standing in for fp16"
         self.half = torch.float16 if self.cuda else torch.float32
-        self.sync = (lambda: torch.cuda.synchronize()) if self.cuda else None
+        self.sync = cuda_sync(self.device)
         self.model_spec = None
         self.ref = None            # TorchReference: FP32 eager on the CPU
         self.engine = None         # the main TorchScript engine (FP16 on CUDA)
