@@ -67,7 +67,7 @@ def _eager_on_gpu(reference, *, fp16: bool):
 
     import torch
 
-    from rexnet_deploy.engine import output_list
+    from rexnet_deploy.outputs import output_list
 
     module = copy.deepcopy(reference.module).to("cuda").eval()
 

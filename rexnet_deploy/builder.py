@@ -13,7 +13,8 @@ from typing import Any
 
 from . import backends, calibration
 from .artifact import ArtifactWriter, environment
-from .engine import Engine, output_list
+from .engine import Engine
+from .outputs import output_list
 from .images import find_images
 from .errors import GateFailed, UsageError
 from .log import BuildLog, LogLike, as_build_log

@@ -451,7 +451,7 @@ def sensitivity_command(target, calib, weights, seed, calib_size, calib_seed, ca
                         json_out, exclude_out, quiet) -> None:
     """Rank ReXNet's layer groups by the INT8 agreement each costs (ONNX Runtime CPU) and give the
     TensorRT --exclude list that meets --max-drop."""
-    from .sensitivity import analyze, markdown
+    from .int8.sensitivity import analyze, markdown
 
     with _status(quiet) as log:
         report = analyze(target, calib=calib, weights=weights, seed=seed, calib_size=calib_size, calib_seed=calib_seed,

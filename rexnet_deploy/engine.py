@@ -322,11 +322,6 @@ def padded_size(n: int, sizes: Sequence[int]) -> int:
     return min((m for m in sizes if m >= n), default=n)
 
 
-def output_list(out: Any) -> list:
-    """A model call's result as a list of outputs (one tensor, or a tuple/list of them)."""
-    return list(out) if isinstance(out, (list, tuple)) else [out]
-
-
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
     e = np.exp(z)
@@ -343,5 +338,5 @@ def topk_predictions(logits: np.ndarray, topk: int, labels: list[str] | None) ->
     ]
 
 
-__all__ = ["Engine", "PredictedFiles", "Prediction", "dlpack_device", "from_dlpack_of", "output_list", "softmax",
+__all__ = ["Engine", "PredictedFiles", "Prediction", "dlpack_device", "from_dlpack_of", "softmax",
            "topk_predictions"]

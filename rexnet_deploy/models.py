@@ -1,4 +1,5 @@
-"""The ReXNet family from timm: reference modules, weights sources, heads, data config, labels.
+"""The ReXNet family from timm: reference modules, weights sources, heads, data config, labels, and
+the layers INT8 recipes keep in floating point (named once, spelled for each quantization tool).
 
 This is the build/reference side: it imports torch and timm (lazily, inside functions, so that
 ``import rexnet_deploy`` stays cheap). Runtimes never import this module.
@@ -18,8 +19,8 @@ from urllib.parse import urlparse
 import numpy as np
 
 from .artifact import file_sha256
-from .engine import output_list
 from .errors import BackendUnavailable, UsageError, WeightsError, one_line
+from .outputs import output_list
 from .preprocess import PreprocessConfig
 from .spec import HEADS, ModelSpec
 
@@ -285,6 +286,64 @@ def state_dict_sha256(model: "torch.nn.Module") -> str:
     return digest.hexdigest()
 
 
+# -- the layers INT8 recipes keep in floating point ---------------------------------------------------
+@dataclass(frozen=True)
+class FloatKept:
+    """A kind of ReXNet layer that INT8 recipes leave unquantized, named once by the module-name part
+    timm gives it (``features.3.se.fc1``, ``features.4.conv_dw.conv``, ``head.global_pool``) and
+    spelled here for each tool that is told about it."""
+
+    module: str       # the module-name part that marks the layer
+    description: str  # as manifests record it
+
+    @property
+    def onnx_mark(self) -> str:
+        """The part of ONNX export node names (torch.onnx scopes: ``/features/features.3/se/fc1/Conv``)."""
+        return f"/{self.module}/"
+
+    def onnx_nodes(self, model) -> list[str]:
+        """The names of the nodes of this kind in an exported ``onnx.ModelProto``."""
+        return [n.name for n in model.graph.node if self.onnx_mark in n.name]
+
+    @property
+    def nncf_pattern(self) -> str:
+        """An NNCF ``IgnoredScope`` pattern (a regex over NNCF's PyTorch node names, ``.../se/...``)."""
+        return f".*/{self.module}/.*"
+
+    @property
+    def modelopt_pattern(self) -> str:
+        """A ModelOpt quantizer-name wildcard (its quantizers are named after module paths:
+        ``features.3.se.fc1.input_quantizer``)."""
+        return f"*{self.module}.*"
+
+
+SE_GATES = FloatKept("se", "squeeze-excitation gates")
+# ModelOpt (Q/DQ): TensorRT runs them in FP16 (ONNX Runtime in FP32); see int8.qad.QadConfig.float_depthwise
+DEPTHWISE = FloatKept("conv_dw", "depthwise convolutions (FP16 on TensorRT)")
+# The head's global-pool input (1280 SiLU channels): the one activation quantizer that cost most, 2.4 dB
+# of 31.9 on held-out calibration photos (each quantizer switched off alone); pooling gains nothing from int8.
+GLOBAL_POOL = FloatKept("global_pool", "the global-pool input")
+FLOAT_KEPT = (SE_GATES, DEPTHWISE, GLOBAL_POOL)
+
+
+def fold_batchnorm(model: "torch.nn.Module") -> "torch.nn.Module":
+    """Fold every BatchNorm into the convolution before it (timm's ConvNormAct keeps its activation;
+    the SE block's BatchNorm folds into fc1): quantized weights must be the ones the engine
+    multiplies with, and TensorRT cannot fold a BatchNorm into an already quantized convolution."""
+    import torch
+    from timm.layers import ConvNormAct
+    from timm.models.rexnet import SEModule
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    for mod in model.modules():
+        if isinstance(mod, ConvNormAct):
+            bn = mod.bn
+            mod.conv = fuse_conv_bn_eval(mod.conv, bn)
+            mod.bn = torch.nn.Sequential(getattr(bn, "drop", torch.nn.Identity()), getattr(bn, "act", torch.nn.Identity()))
+        elif isinstance(mod, SEModule) and isinstance(mod.bn, torch.nn.BatchNorm2d):
+            mod.fc1 = fuse_conv_bn_eval(mod.fc1, mod.bn)
+            mod.bn = torch.nn.Identity()
+    return model
 
 
 def imagenet_labels(subset: str | None, num_classes: int) -> tuple[list[str], list[str]] | None:

@@ -9,8 +9,8 @@ Every graph written to an artifact (this export and the INT8/FP16 graphs derived
 through :func:`prune_file`: no node whose outputs nothing reads, no initializer nothing reads.
 ONNX Runtime turns leftovers of either kind into a "Removing initializer … It is not used by any
 node" warning on every load (``quantize_static`` leaves the ``Constant`` inputs of each ReLU6 it
-folds into Q/DQ). Our sessions also keep ONNX Runtime's own log at errors unless
-``REXNET_DEPLOY_DEBUG=1`` (:func:`ort_log_level`).
+folds into Q/DQ). Our sessions (:mod:`rexnet_deploy.ort_session`) also keep ONNX Runtime's own
+log at errors unless ``REXNET_DEPLOY_DEBUG=1``.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from .errors import BuildError, one_line
+from .ort_session import cpu_session
 
 OPSET = 17
 MAX_ABS_ERROR = 1e-4  # FP32 graph vs eager PyTorch, on logits
@@ -58,24 +59,6 @@ def export(ref, path: Path, *, opset: int = OPSET, batch: tuple[int, int] = (1, 
     return {"opset": opset, "exporter": "torch.onnx (TorchScript)", "max_abs_error_vs_torch": worst}
 
 
-def cpu_session(source: str | os.PathLike | Any):
-    """An ONNX Runtime session on the CPU provider (ONNX Runtime's default graph optimizations),
-    of a file or of an in-memory ``onnx.ModelProto``."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = ort_log_level()
-    model = source.SerializeToString() if hasattr(source, "SerializeToString") else str(source)
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-
-
-def ort_log_level() -> int:
-    """``SessionOptions.log_severity_level`` for our ONNX Runtime sessions: errors only (3), or
-    ONNX Runtime's default, warnings (2), with ``REXNET_DEPLOY_DEBUG=1``. Its warnings are notes
-    about its own graph rewrites, printed to the process's stderr on every load; not the user's to act on."""
-    return 2 if os.environ.get("REXNET_DEPLOY_DEBUG") == "1" else 3
-
-
 def prune(model) -> dict[str, int]:
     """Remove, in place, the nodes none of whose outputs is read (by a node, a subgraph or a graph
     output) and the initializers nothing reads; returns how many of each went."""
@@ -109,6 +92,18 @@ def prune_file(path: str | os.PathLike) -> dict[str, int]:
     if any(removed.values()):
         onnx.save(model, str(path))
     return removed
+
+
+def constants_to_initializers(graph) -> int:
+    """Turn ``Constant`` nodes into initializers (the exporter writes scales and zero-points as
+    Constant nodes; ModelOpt's opset upgrade writes ReduceMean's axes so); returns how many were moved."""
+    moved = [n for n in graph.node if n.op_type == "Constant" and len(n.attribute) == 1 and n.attribute[0].name == "value"]
+    for node in moved:
+        tensor = node.attribute[0].t
+        tensor.name = node.output[0]
+        graph.initializer.append(tensor)
+        graph.node.remove(node)
+    return len(moved)
 
 
 def _names_read(graph) -> set[str]:

@@ -1,4 +1,5 @@
-"""Shared fixtures: one seeded TorchScript engine per session, generated images, optional shared data."""
+"""Shared fixtures: one seeded artifact per backend and precision a session needs (each built by the cheapest
+recipe that tests what its users claim), generated images, optional shared data."""
 
 from __future__ import annotations
 
@@ -120,6 +121,22 @@ def ov_int8_path(tmp_path_factory, calib_dir) -> Path:
     pytest.importorskip("nncf")
     return _ov_build(tmp_path_factory, "ov-int8", "int8", calib=calib_dir, calib_size=24,
                      check_options={"gate": {"top1_agreement": 0.0}})
+
+
+@pytest.fixture(scope="session")
+def trt_int8_rexnet(tmp_path_factory, calib_dir) -> tuple[Path, list[str]]:
+    """(artifact, build log lines) of a TensorRT INT8 graph by the ``rexnet`` recipe: ModelOpt's
+    PyTorch PTQ (BatchNorm folded; SE gates, depthwise convolutions and the global-pool input
+    unquantized), exported, then converted to FP16 outside the Q/DQ pairs; batch 1:4:8, calibrated
+    on 24 of the 40 generated images. The cheapest build of the PyTorch Q/DQ path: the default
+    ``qad`` recipe is this plus distillation steps, tested at a few steps in test_qad.py."""
+    pytest.importorskip("modelopt.torch.quantization")
+    pytest.importorskip("onnxruntime")
+    logs: list[str] = []
+    out = build_artifact(tmp_path_factory, "trt-int8-rexnet", "tensorrt", "int8", batch_opt=4, calib=calib_dir,
+                         calib_size=24, backend_options={"recipe": "rexnet"}, log=logs.append,
+                         check_options={"gate": {"top1_agreement": 0.0}})
+    return out, logs
 
 
 def fresh_process_predict(artifact: Path, image: Path) -> dict:

@@ -126,7 +126,7 @@ def test_ort_engines_load_quietly_and_their_graphs_are_clean(ort_fp32_path, ort_
     import onnxruntime as ort
     from onnx import helper, numpy_helper
 
-    from rexnet_deploy.onnx_export import cpu_session, ort_log_level
+    from rexnet_deploy.ort_session import cpu_session, ort_log_level
 
     monkeypatch.delenv("REXNET_DEPLOY_DEBUG", raising=False)
     capfd.readouterr()

@@ -1,5 +1,6 @@
-"""Quantization-aware distillation (rexnet_deploy.qad): the augmentation, the distillation loop on a
-small real NNCF-quantized network, and an OpenVINO INT8 build with --recipe qad on the real libraries."""
+"""Quantization-aware distillation (rexnet_deploy.int8.qad): the augmentation, the distillation loop on a
+small real NNCF-quantized network, OpenVINO and TensorRT INT8 builds with --recipe qad (a few steps) on the
+real libraries."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import pytest
 from rexnet_deploy import Engine
 from rexnet_deploy.errors import UsageError
 from rexnet_deploy.log import BuildLog
-from rexnet_deploy.qad import MAX_STEPS, QadConfig
+from rexnet_deploy.int8.qad import QadConfig
+from rexnet_deploy.int8.recipes import MAX_STEPS
 
 from .conftest import build_artifact
 
@@ -26,7 +28,7 @@ def test_config_refuses_out_of_range_steps():
 
 
 def test_augment_makes_seeded_views_of_the_same_shape():
-    from rexnet_deploy.qad import augment
+    from rexnet_deploy.int8.qad import augment
 
     x = torch.randn(4, 3, 32, 32)
     a = augment(x, torch.Generator().manual_seed(1))
@@ -54,7 +56,7 @@ def test_distillation_pulls_the_quantized_model_toward_the_teacher():
     did not train on (the loop, the trainable parameters and the straight-through gradients)."""
     pytest.importorskip("nncf")
     pytest.importorskip("torchao")
-    from rexnet_deploy.qad import _import_nncf, distill
+    from rexnet_deploy.int8.qad import _import_nncf, distill
 
     nncf = _import_nncf()  # with the project's patience for NNCF's first-use kernel compile
 
@@ -137,18 +139,21 @@ def test_qad_config_refuses_an_unknown_activation_preset():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["tensorrt", "onnxruntime"])
-def test_qdq_pytorch_graph_follows_tensorrt_rules_and_runs_on_onnxruntime(tmp_path_factory, calib_dir, backend):
+def test_qdq_pytorch_graph_follows_tensorrt_rules_and_runs_on_onnxruntime(request, tmp_path_factory, calib_dir,
+                                                                          backend):
     """The Q/DQ graph of ModelOpt's PyTorch quantizers (BatchNorm folded; SE gates and depthwise
     convolutions without Q/DQ): TensorRT's ``rexnet`` recipe (PTQ alone) and ONNX Runtime's
     ``--qad-steps`` (distilled, as TensorRT's default ``qad``). Symmetric int8 everywhere TensorRT looks, no calibration
     cache (ranges alone cannot rebuild the folded graph), and close to FP32."""
     pytest.importorskip("modelopt.torch.quantization")
     onnx = pytest.importorskip("onnx")
-    from rexnet_deploy.modelopt_passes import trt_rule_violations
+    from rexnet_deploy.int8.qdq import trt_rule_violations
 
-    options = {"recipe": "rexnet"} if backend == "tensorrt" else {"qad_steps": 2}
-    path = build_artifact(tmp_path_factory, f"{backend}-qad", backend, "int8", calib=calib_dir, calib_size=24,
-                          backend_options=options, check_options={"gate": {"top1_agreement": 0.0}})
+    if backend == "tensorrt":  # the session's rexnet-recipe artifact (conftest), built once for this and test_tensorrt
+        path, _ = request.getfixturevalue("trt_int8_rexnet")
+    else:
+        path = build_artifact(tmp_path_factory, f"{backend}-qad", backend, "int8", calib=calib_dir, calib_size=24,
+                              backend_options={"qad_steps": 2}, check_options={"gate": {"top1_agreement": 0.0}})
     graph = onnx.load(str(path / "model.onnx"))
     assert trt_rule_violations(graph) == []
     ops = [n.op_type for n in graph.graph.node]
@@ -172,6 +177,41 @@ def test_qdq_pytorch_graph_follows_tensorrt_rules_and_runs_on_onnxruntime(tmp_pa
             assert record["recipe"] == "qad" and record["distillation"]["steps"] == 2
             assert record["distillation"]["lr"] == 1e-5  # ModelOpt's fixed ranges want smaller steps than NNCF
         assert engine.manifest["reports"]["check"]["metrics"]["cosine_min"] > 0.9
+
+
+@pytest.mark.slow
+def test_tensorrt_default_recipe_distills_and_its_fp16_graph_keeps_the_rules(tmp_path_factory, calib_dir):
+    """TensorRT's default INT8 recipe, ``qad``, at a few steps (``--qad-steps 2``; the default 100
+    take minutes and are measured by benchmarks/int8_recipes.py): ModelOpt's PyTorch PTQ, distillation
+    at ModelOpt's learning rate, export, then the FP16 conversion outside the Q/DQ pairs, each graph
+    held to TensorRT's rules; the emulated graph stays close to FP32."""
+    pytest.importorskip("modelopt.torch.quantization")
+    onnx = pytest.importorskip("onnx")
+    from rexnet_deploy.int8.qdq import trt_rule_violations
+
+    logs: list[str] = []
+    path = build_artifact(tmp_path_factory, "tensorrt-qad", "tensorrt", "int8", calib=calib_dir, calib_size=24,
+                          backend_options={"qad_steps": 2}, log=logs.append,
+                          check_options={"gate": {"top1_agreement": 0.0}})
+    graph = onnx.load(str(path / "model.onnx"))
+    assert trt_rule_violations(graph) == []
+    initializers = [i.data_type for i in graph.graph.initializer if i.data_type in (1, 10)]  # FLOAT, FLOAT16
+    assert set(initializers) == {onnx.TensorProto.FLOAT16}
+    assert [n.op_type for n in graph.graph.node].count("QuantizeLinear") > 40
+    assert not (path / "calib.cache").exists()
+    assert any("distilling 2 steps" in line for line in logs)
+    with Engine.load(path, emulate=True) as engine:
+        record = engine.manifest["backend_config"]["precision_pass"]
+        assert record["recipe"] == "qad" and record["method"] == "quantization-aware distillation"
+        assert record["tool"] == "modelopt" and record["high_precision"] == "fp16"
+        d = record["distillation"]
+        assert d["steps"] == 2 and d["lr"] == 1e-5 and len(d["loss_curve_every_10_steps"]) == 1
+        assert record["fp16_conversion"]["nodes_kept_fp32"] == []
+        assert record["ptq"]["unquantized"] == ["squeeze-excitation gates", "depthwise convolutions (FP16 on TensorRT)",
+                                                "the global-pool input"]
+        assert engine.manifest["reports"]["check"]["metrics"]["cosine_min"] > 0.9
+        out = engine(np.random.default_rng(0).standard_normal((2, 3, 224, 224)).astype(np.float32))
+        assert out.shape == (2, 1000) and np.isfinite(out).all()
 
 
 @pytest.mark.slow

@@ -23,7 +23,8 @@ pytest.importorskip("modelopt.onnx.quantization")
 pytest.importorskip("onnxruntime")
 pytestmark = pytest.mark.slow
 
-from rexnet_deploy import modelopt_passes  # noqa: E402
+from rexnet_deploy.int8 import modelopt_passes  # noqa: E402
+from rexnet_deploy.int8.qdq import trt_rule_violations  # noqa: E402
 from rexnet_deploy.backends import _trt  # noqa: E402
 
 HOST_PROBLEM = _trt.host_problem()
@@ -46,14 +47,6 @@ def trt_fp16(tmp_path_factory):
 def trt_int8(tmp_path_factory, calib_dir):
     return _build(tmp_path_factory, "trt-int8", "int8", calib=calib_dir, calib_size=24,
                   options={"calib_method": "max", "exclude": ("features\\.16/", "no_such_node")},
-                  check_options={"gate": {"top1_agreement": 0.0}})
-
-
-@pytest.fixture(scope="module")
-def trt_int8_rexnet(tmp_path_factory, calib_dir):
-    """The default INT8 recipe (ModelOpt's PyTorch PTQ, exported, then converted to FP16)."""
-    pytest.importorskip("modelopt.torch.quantization")
-    return _build(tmp_path_factory, "trt-int8-rexnet", "int8", calib=calib_dir, calib_size=24,
                   check_options={"gate": {"top1_agreement": 0.0}})
 
 
@@ -100,7 +93,7 @@ def test_int8_graph_meets_tensorrts_qdq_rules(trt_int8):
 
     path, _ = trt_int8
     model = _load(path)
-    assert modelopt_passes.trt_rule_violations(model) == []
+    assert trt_rule_violations(model) == []
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
     assert len(qdq) > 100
@@ -118,7 +111,8 @@ def test_int8_graph_meets_tensorrts_qdq_rules(trt_int8):
 
 @pytest.mark.parametrize("fixture", ["trt_int8", "trt_int8_rexnet"])
 def test_int8_graph_is_fp16_outside_qdq_and_its_emulation_quantizes_as_tensorrt(request, fixture):
-    """Both recipes: the graph TensorRT compiles is FP16 outside the Q/DQ pairs (FP32 there would
+    """Both kinds of recipe (ModelOpt's ONNX PTQ; the PyTorch Q/DQ path of ``rexnet`` and ``qad``, the
+    conftest fixture): the graph TensorRT compiles is FP16 outside the Q/DQ pairs (FP32 there would
     run FP32/TF32 on a strongly typed network); its emulation feeds each QuantizeLinear FP32 (ONNX
     Runtime's FP16 kernel truncates) and then agrees with the ONNX reference evaluator, where the
     graph as stored does not on ONNX Runtime."""
@@ -164,15 +158,15 @@ def test_rule_checker_catches_what_tensorrt_rejects(trt_int8):
     q_act = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits)
     zero = inits[q_act.input[2]]
     zero.CopyFrom(numpy_helper.from_array(np.array(3, dtype=np.int8), zero.name))
-    problems = modelopt_passes.trt_rule_violations(model)  # (the Q and its DQ share the zero-point)
+    problems = trt_rule_violations(model)  # (the Q and its DQ share the zero-point)
     assert 1 <= len(problems) <= 2 and all("not 0" in p for p in problems)
     zero.CopyFrom(numpy_helper.from_array(np.array(0, dtype=np.uint8), zero.name))
-    assert all("not int8" in p for p in modelopt_passes.trt_rule_violations(model))
+    assert all("not int8" in p for p in trt_rule_violations(model))
     q_w = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in inits
                and len(inits[n.input[0]].dims) == 4)
     scale = inits[q_w.input[1]]
     scale.CopyFrom(numpy_helper.from_array(np.array(0.1, dtype=np.float32), scale.name))
-    assert any("per-channel" in p for p in modelopt_passes.trt_rule_violations(model))
+    assert any("per-channel" in p for p in trt_rule_violations(model))
 
 
 def test_int8_manifest_records_calibration_exclusions_and_kept_layers(trt_int8):
@@ -422,7 +416,7 @@ def test_no_tensorrt_call_that_tensorrt_11_removed():
 
     removed = re.compile(r"build_engine\(|max_workspace_size|execute_async_v2|get_binding_\w+|IInt8\w*Calibrator|"
                          r"BuilderFlag\.(INT8|FP16|BF16)|int8_calibrator|EXPLICIT_BATCH|CalibrationAlgoType")
-    package = Path(modelopt_passes.__file__).parent
+    package = Path(modelopt_passes.__file__).parents[1]  # all of rexnet_deploy, not just int8/
     hits = [f"{p.name}:{i}" for p in package.rglob("*.py")
             for i, line in enumerate(p.read_text().splitlines(), 1) if removed.search(line)]
     assert hits == []

@@ -52,10 +52,9 @@ def validate(spec: BuildSpec, options: dict[str, Any]) -> dict[str, Any]:
     if (spec.precision == "fp16" or opts["qad_steps"] is not None) and importlib.util.find_spec("modelopt") is None:
         raise BackendUnavailable(f"onnxruntime {spec.precision} graphs are made by ModelOpt, which is not installed: "
                                  "pip install 'rexnet-deploy[trt]'")
-    if opts["qad_steps"] is not None:
-        from ..qad import check_steps
+    from ..int8.recipes import ONNXRUNTIME_DEFAULT, resolve
 
-        opts["qad_steps"] = check_steps(opts["qad_steps"])
+    _recipe, opts["qad_steps"] = resolve(None, opts["qad_steps"], default=ONNXRUNTIME_DEFAULT)
     return opts
 
 
@@ -77,14 +76,14 @@ def build(ref, spec: BuildSpec, writer, log: BuildLog, *, calib=None,
     export = onnx_export.export(ref, fp32, batch=spec.batch)
     config: dict[str, Any] = {"export": export, "graph_optimization": "all", "provider": "CPUExecutionProvider"}
     if spec.precision == "int8" and (options or {}).get("qad_steps") is not None:
-        from .. import qad
+        from ..int8 import qad
 
         config["quantization"] = qad.qdq_graph(ref, calib, int(options["qad_steps"]), target, log)
     elif spec.precision == "int8":
         log(f"quantizing with ONNX Runtime on {len(calib)} calibration images (min-max ranges)")
         config["quantization"] = _quantize(fp32, target, calib)
     elif spec.precision == "fp16":
-        from .. import modelopt_passes
+        from ..int8 import modelopt_passes
 
         log("converting the graph to FP16 (ModelOpt autocast, FP32 input/output)")
         config["precision_pass"] = modelopt_passes.to_fp16(fp32, target)
@@ -102,7 +101,6 @@ def build(ref, spec: BuildSpec, writer, log: BuildLog, *, calib=None,
 # the per-batch extremes, not the single most extreme pixel of all 300 photos. On dev/ (unseen
 # classes) it measured 0.865 top-1 agreement / 29.0 dB against 0.84 / 27.1 dB for the global min-max.
 CALIB_BATCH = 10
-SE_NODE_MARK = "/se/"  # ReXNet's squeeze-excitation gates (exported names): kept FP32, +0.3 dB, +1.5 points
 
 
 def _quantize(src, dst, calib) -> dict[str, Any]:
@@ -112,6 +110,8 @@ def _quantize(src, dst, calib) -> dict[str, Any]:
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 
+    from ..int8.qdq import quantize_linear_count
+    from ..models import SE_GATES
     from ..onnx_export import prune_file
 
     class Reader(CalibrationDataReader):
@@ -122,7 +122,8 @@ def _quantize(src, dst, calib) -> dict[str, Any]:
             item = next(self._items, None)
             return None if item is None else {"input": item}
 
-    se_nodes = [n.name for n in onnx.load(str(src)).graph.node if SE_NODE_MARK in n.name]
+    # ReXNet's squeeze-excitation gates stay FP32: +0.3 dB, +1.5 points
+    se_nodes = SE_GATES.onnx_nodes(onnx.load(str(src)))
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # quantize_static logs per-node notices on the root logger
@@ -134,7 +135,7 @@ def _quantize(src, dst, calib) -> dict[str, Any]:
     finally:
         root.setLevel(level)
     prune_file(dst)  # the Constant min/max of each ReLU6 (Clip) it folded into Q/DQ stay behind, unread
-    graph = onnx.load(str(dst)).graph
+    model = onnx.load(str(dst))
     return {
         "tool": "onnxruntime.quantization.quantize_static",
         "format": "QDQ",
@@ -143,7 +144,7 @@ def _quantize(src, dst, calib) -> dict[str, Any]:
         "calib_method": "minmax",
         "calib_moving_average_batch": CALIB_BATCH,
         "fp32_nodes": f"{len(se_nodes)} squeeze-excitation nodes",
-        "quantize_linear_nodes": sum(n.op_type == "QuantizeLinear" for n in graph.node),
+        "quantize_linear_nodes": quantize_linear_count(model),
     }
 
 
@@ -160,7 +161,7 @@ class OnnxRuntimeEngine(Engine):
             raise UsageError(f"onnxruntime engines run on cpu here, not {self.device}")
         import onnxruntime as ort
 
-        self._ort, self._threads = ort, threads
+        self._threads = threads
         source = self.artifact.file(self.manifest["payload"])
         cache = self._cache_folder("onnxruntime", ort.__version__)
         self.cache_folder = cache
@@ -185,16 +186,9 @@ class OnnxRuntimeEngine(Engine):
             tmp.unlink(missing_ok=True)
 
     def _open(self, path, level, save_to=None):
-        from ..onnx_export import ort_log_level
+        from ..ort_session import cpu_session
 
-        so = self._ort.SessionOptions()
-        so.graph_optimization_level = level
-        so.log_severity_level = ort_log_level()
-        if save_to is not None:
-            so.optimized_model_filepath = str(save_to)
-        if self._threads:
-            so.intra_op_num_threads = int(self._threads)
-        return self._ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        return cpu_session(path, optimization=level, threads=self._threads, save_optimized_to=save_to)
 
     def _infer(self, batch: np.ndarray) -> list[np.ndarray]:
         return self._session.run(self.output_names, {self.input_name: batch})

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -32,6 +31,7 @@ import numpy as np
 from ..engine import Engine
 from ..errors import BackendUnavailable, BuildError, UsageError
 from .base import with_defaults
+from .openvino_convert import convert
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..log import BuildLog
@@ -100,26 +100,6 @@ def build(ref, spec: BuildSpec, writer, log: BuildLog, *, calib=None,
         "runtime": {"openvino": ov.__version__.split("-")[0]},
         "environment": {"openvino": ov.__version__, **_nncf_version(spec.precision)},
     }
-
-
-def convert(ref, module=None):
-    """The reference module (or ``module``, e.g. a distilled fake-quantized one of the same model) as
-    an OpenVINO model: dynamic batch, input named ``input``, outputs named as the manifest names them
-    (NNCF's accuracy control needs named outputs)."""
-    import openvino as ov
-    import torch
-
-    c, h, w = ref.data_config.input_size
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # tracer warnings about our model, not the user's input
-        model = ov.convert_model((module or ref.module).eval(), example_input=torch.zeros(2, c, h, w),
-                                 input=[ov.PartialShape([-1, c, h, w])])
-    model.inputs[0].get_tensor().set_names({"input"})
-    if len(model.outputs) != len(ref.output_names):
-        raise BuildError(f"OpenVINO model has {len(model.outputs)} outputs, expected {len(ref.output_names)}")
-    for out, name in zip(model.outputs, ref.output_names):
-        out.get_tensor().set_names({name})
-    return model
 
 
 def _verify(xml, ref, spec: BuildSpec, hint: str | None, log: BuildLog) -> str:

@@ -4,7 +4,7 @@ Three paths:
 
 * ``recipe="qad"`` (``--qad-steps N``): NNCF post-training quantization of the PyTorch model with
   the SE gates in FP32, then quantization-aware distillation toward the FP32 model on augmented
-  calibration photos, exported to IR (:mod:`rexnet_deploy.qad`);
+  calibration photos, exported to IR (:mod:`rexnet_deploy.int8.qad`);
 * ``nncf.quantize`` on the IR with this project's PTQ recipe (``recipe="rexnet"``; see RECIPES)
   or NNCF's own defaults (``recipe="nncf"``);
 * ``--max-drop X``: ``nncf.quantize_with_accuracy_control``, whose metric is the harness's top-1
@@ -17,39 +17,19 @@ Three paths:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import BuildError, UsageError
-from ..qad import DEFAULT_STEPS, QadConfig, check_steps, library_output, quiet_torch_notices
+from ..int8.qad import QadConfig, library_output, quiet_torch_notices
+from ..int8.recipes import OPENVINO_DEFAULT, OPENVINO_RECIPES, QAD, resolve
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..log import BuildLog
 
-@dataclass(frozen=True)
-class Recipe:
-    description: str
-    overflow_fix: str  # NNCF OverflowFix value: "enable" | "first_layer_only" | "disable"
-    ignored_scope: dict[str, list[str]] = field(default_factory=dict)
-
-
-# Measured on rexnet_100 with the trained stand-in weights, 300 calibration photos, 100 held-out
-# photos (top-1 agreement / min cosine vs FP32): NNCF defaults 94% / 0.981; overflow fix on every
-# layer 98% / 0.991; overflow fix off 78% / 0.878. No single block, SE gate, SiLU input, stem or
-# head explained the loss when kept in FP32 (each within ±2%, the noise of 100 images); the
-# weights' int16 saturation did. CPUs without VNNI/AMX (AVX2, AVX-512 without VNNI) multiply u8×s8
-# pairs into int16 (vpmaddubsw), which saturates; 7-bit weights cannot. NNCF fixes only the first
-# layer by default. An artifact can be served on another CPU than it was built on, so the recipe
-# uses 7-bit weights everywhere (on a VNNI CPU that costs one bit of weight resolution, no speed).
-# The names are the choices of the registry's ``recipe`` option (tests/test_backend_protocol.py).
-RECIPES: dict[str, Recipe] = {
-    "qad": Recipe("NNCF PyTorch PTQ (SE gates FP32, 7-bit weights) + quantization-aware distillation", "enable"),
-    "rexnet": Recipe("NNCF defaults with the overflow fix (7-bit weights) on every layer", "enable"),
-    "nncf": Recipe("NNCF's own defaults (overflow fix on the first layer only)", "first_layer_only"),
-}
-DEFAULT_RECIPE = "rexnet"
+# the recipes themselves (NNCF's overflow fix, ignored scope) and the measurements behind them: int8.recipes
+RECIPES = OPENVINO_RECIPES
 
 
 def validate(opts: dict[str, Any]) -> dict[str, Any]:
@@ -59,14 +39,9 @@ def validate(opts: dict[str, Any]) -> dict[str, Any]:
         raise UsageError(f"--subset-size must be >= 1, got {opts['subset_size']}")
     if opts["max_drop"] is not None and not 0 <= float(opts["max_drop"]) < 1:
         raise UsageError(f"--max-drop is a top-1 agreement drop between 0 and 1, got {opts['max_drop']}")
-    steps = opts.get("qad_steps")
-    recipe = opts["recipe"] or ("qad" if steps is not None else DEFAULT_RECIPE)
-    if recipe == "qad":
-        steps = DEFAULT_STEPS if steps is None else check_steps(steps)
-        if opts["max_drop"] is not None:
-            raise UsageError("--max-drop (accuracy control) is a post-training recipe; it does not combine with --recipe qad")
-    elif steps is not None:
-        raise UsageError(f"--qad-steps is for --recipe qad, not --recipe {recipe}")
+    recipe, steps = resolve(opts["recipe"], opts.get("qad_steps"), default=OPENVINO_DEFAULT)
+    if recipe == QAD and opts["max_drop"] is not None:
+        raise UsageError("--max-drop (accuracy control) is a post-training recipe; it does not combine with --recipe qad")
     # QAD measured best with asymmetric activations (see qad.QadConfig); the PTQ recipes with symmetric
     preset = opts.get("preset") or ("mixed" if recipe == "qad" else "performance")
     return {**opts, "recipe": recipe, "qad_steps": steps, "preset": preset,
@@ -127,12 +102,11 @@ def quantize(model, ref, calib, opts: dict[str, Any], log: BuildLog) -> tuple[An
 
 def _quantize_aware_distilled(model, ref, calib, config: QadConfig, log: BuildLog) -> tuple[Any, dict[str, Any]]:
     """The ``qad`` recipe: quantize and distill the PyTorch model, then convert it to IR."""
-    from .. import qad
+    from ..int8 import qad
+    from .openvino_convert import convert
 
     t0 = time.perf_counter()
     result = qad.quantize_and_distill(ref.module, calib.tensors(), config, log)
-    from .openvino import convert
-
     quantized = convert(ref, qad.strip(result.model, tuple(ref.data_config.input_size)))
     record = {**result.record,
               "fake_quantize_ops": _count(quantized, "FakeQuantize") - _count(model, "FakeQuantize"),

@@ -1,7 +1,7 @@
 """TensorRT backend: ONNX → precision graph (ModelOpt) → strongly typed TensorRT engine.
 
 Data flows one way: the exported FP32 graph (:mod:`rexnet_deploy.onnx_export`) → a precision pass
-(:mod:`rexnet_deploy.modelopt_passes`: FP16 autocast or INT8 Q/DQ) → ``model.onnx`` in the artifact
+(:mod:`rexnet_deploy.int8.modelopt_passes`: FP16 autocast or INT8 Q/DQ) → ``model.onnx`` in the artifact
 → :mod:`._trt` compiles it on a TensorRT GPU host → ``model.engine``. The artifact always carries
 the graph the engine was compiled from, so an engine can be rebuilt for another GPU or TensorRT
 version from the artifact alone (``Engine.load(path, rebuild_engine=True)``, CLI
@@ -35,8 +35,6 @@ if TYPE_CHECKING:  # pragma: no cover
 GRAPH = "model.onnx"
 ENGINE_FILE = "model.engine"
 CALIB_CACHE = "calib.cache"
-# INT8: the best measured on unseen photos within 5 min on 2 cores (README "INT8 fidelity on unseen classes")
-DEFAULT_RECIPE = "qad"
 EMULATION = "onnxruntime-cpu"
 
 
@@ -77,20 +75,15 @@ def validate(spec: BuildSpec, options: dict[str, Any]) -> dict[str, Any]:
 def _resolve_recipe(opts: dict[str, Any]) -> str:
     """The INT8 recipe: the one asked for, else the one the other options imply (``--qad-steps``:
     qad; the ONNX-PTQ options: modelopt), else ``rexnet``; options of another recipe are refused."""
-    from ..qad import DEFAULT_STEPS, check_steps
+    from ..int8.recipes import TENSORRT_DEFAULT, TENSORRT_ONNX_PTQ, resolve
 
     onnx_ptq = [flag for flag, given in (("--calib-method", opts["calib_method"] is not None),
                                          ("--exclude", bool(opts["exclude"])),
                                          ("--calib-cache", opts["calib_cache"] is not None)) if given]
-    recipe = opts["recipe"] or ("qad" if opts["qad_steps"] is not None else "modelopt" if onnx_ptq else DEFAULT_RECIPE)
-    if opts["qad_steps"] is not None:
-        opts["qad_steps"] = check_steps(opts["qad_steps"])
-        if recipe != "qad":
-            raise UsageError(f"--qad-steps is for --recipe qad, not --recipe {recipe}")
-    if onnx_ptq and recipe != "modelopt":
+    recipe, opts["qad_steps"] = resolve(opts["recipe"], opts["qad_steps"],
+                                        default=TENSORRT_ONNX_PTQ if onnx_ptq else TENSORRT_DEFAULT)
+    if onnx_ptq and recipe != TENSORRT_ONNX_PTQ:
         raise UsageError(f"{onnx_ptq[0]} is for --recipe modelopt (ModelOpt ONNX PTQ), not --recipe {recipe}")
-    if recipe == "qad" and opts["qad_steps"] is None:
-        opts["qad_steps"] = DEFAULT_STEPS
     opts["calib_method"] = opts["calib_method"] or "entropy"
     return recipe
 
@@ -99,7 +92,9 @@ def build(ref, spec: BuildSpec, writer, log: BuildLog, *, calib=None,
           options: dict[str, Any] | None = None) -> dict[str, Any]:
     import onnx
 
-    from .. import modelopt_passes, onnx_export
+    from .. import onnx_export
+    from ..int8 import modelopt_passes
+    from ..int8.recipes import PYTORCH_QDQ_RECIPES
     from . import _trt
 
     opts = options or {}
@@ -110,8 +105,8 @@ def build(ref, spec: BuildSpec, writer, log: BuildLog, *, calib=None,
     if spec.precision == "fp16":
         log("converting the graph to FP16 (ModelOpt autocast, FP32 input/output)")
         config["precision_pass"] = modelopt_passes.to_fp16(fp32, graph)
-    elif spec.precision == "int8" and opts["recipe"] in ("rexnet", "qad"):
-        from .. import qad
+    elif spec.precision == "int8" and opts["recipe"] in PYTORCH_QDQ_RECIPES:
+        from ..int8 import qad
 
         # (no calib.cache: the graph's weights are folded/distilled; ranges alone cannot rebuild it)
         steps = int(opts["qad_steps"]) if opts["recipe"] == "qad" else 0
@@ -214,15 +209,15 @@ class TensorRTEngine(Engine):
 
 class _OrtEmulator:
     """The artifact's graph on ONNX Runtime CPU (thread-safe: ``InferenceSession.run`` is), each
-    FP16 QuantizeLinear fed FP32 (:func:`~rexnet_deploy.modelopt_passes.fp32_quantize_inputs`)."""
+    FP16 QuantizeLinear fed FP32 (:func:`~rexnet_deploy.int8.modelopt_passes.fp32_quantize_inputs`)."""
 
     def __init__(self, path: Path):
         try:
             import onnx
             import onnxruntime  # noqa: F401  (present? cpu_session imports it only when called)
 
-            from ..modelopt_passes import fp32_quantize_inputs
-            from ..onnx_export import cpu_session
+            from ..int8.modelopt_passes import fp32_quantize_inputs
+            from ..ort_session import cpu_session
         except ImportError:
             raise BackendUnavailable("emulating a TensorRT graph needs onnx and onnxruntime: "
                                      "pip install 'rexnet-deploy[trt]'") from None

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from ..engine import Engine, batch_buckets, from_dlpack_of, output_list, padded_size
+from ..engine import Engine, batch_buckets, from_dlpack_of, padded_size
+from ..outputs import output_list
 from ..errors import BackendUnavailable, BuildError, InputError, UsageError, one_line
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..engine import output_list
+from ..outputs import output_list
 from ..models import ReferenceModel, create_reference
 from ..spec import ModelSpec
 

@@ -1,5 +1,5 @@
-"""ModelOpt's precision passes on the exported ONNX graph (FP16 autocast, INT8 Q/DQ), the
-TensorRT calibration cache, and TensorRT's rules for Q/DQ graphs. Used by the TensorRT backend
+"""ModelOpt's precision passes on the exported ONNX graph (FP16 autocast, INT8 Q/DQ) and the
+TensorRT calibration cache; each Q/DQ graph is held to TensorRT's rules (:mod:`.qdq`). Used by the TensorRT backend
 (whose strongly typed networks take their precision from the graph), by the ONNX Runtime backend's
 FP16, and by the INT8 sensitivity sweep.
 
@@ -37,8 +37,9 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .errors import BuildError, UsageError, one_line
-from .onnx_export import prune, prune_file
+from ..errors import BuildError, UsageError, one_line
+from ..onnx_export import constants_to_initializers, prune, prune_file
+from .qdq import initializers, quantize_linear_count, require_trt_rules
 
 CACHE_HEADER = "TRT-rexnet-deploy-{method}"  # ModelOpt skips the first line, TensorRT's own header
 Warn = Callable[[str], None]
@@ -108,9 +109,7 @@ def quantize_int8(src: Path, dst: Path, *, calib=None, method: str = "entropy", 
         raise BuildError("ModelOpt wrote no quantized graph")
     prune_file(dst)  # every graph we store is free of unread nodes and initializers (see onnx_export)
     model = onnx.load(str(dst))
-    problems = trt_rule_violations(model)
-    if problems:
-        raise BuildError(f"the Q/DQ graph breaks TensorRT's rules: {problems[0]} ({len(problems)} problem(s))")
+    require_trt_rules(model, "the Q/DQ graph")
     scales = activation_scales(model)
     if cached is not None:
         missing = sorted(set(cached) - set(scales))
@@ -131,7 +130,7 @@ def quantize_int8(src: Path, dst: Path, *, calib=None, method: str = "entropy", 
         "exclude": list(exclude),
         "excluded_nodes": sorted(node_names),
         "excluded_op_types": sorted(op_types),
-        "quantize_linear_nodes": sum(n.op_type == "QuantizeLinear" for n in model.graph.node),
+        "quantize_linear_nodes": quantize_linear_count(model),
         "activation_tensors": len(scales),
         "convs_quantized": len(quantized),
         # ModelOpt leaves some depthwise convs in high precision (channels not a multiple of 8 on
@@ -148,16 +147,12 @@ def qdq_to_fp16(path: Path) -> dict[str, Any]:
     import onnx
     from modelopt.onnx.autocast.convert import convert_to_f16
 
-    from .qad import constants_to_initializers
-
     started = time.perf_counter()
     with _quiet_modelopt():
         model = convert_to_f16(onnx.load(str(path)), low_precision_type="fp16", keep_io_types=True)
     constants_to_initializers(model.graph)  # the opset upgrade writes ReduceMean's axes as Constant nodes
     prune(model)
-    problems = trt_rule_violations(model)
-    if problems:
-        raise BuildError(f"the FP16 Q/DQ graph breaks TensorRT's rules: {problems[0]} ({len(problems)} problem(s))")
+    require_trt_rules(model, "the FP16 Q/DQ graph")
     onnx.save(model, str(path))
     return {"tool": "modelopt.onnx.autocast.convert_to_f16", "io": "fp32",
             "opset": next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
@@ -215,7 +210,7 @@ def resolve_exclude(graph, patterns: Iterable[str], warn: Warn) -> tuple[list[st
 # -- calibration cache --------------------------------------------------------------------------
 def activation_scales(model) -> dict[str, float]:
     """Per-tensor scale of every quantized activation (tensor → scale) in a Q/DQ graph."""
-    init = _initializers(model.graph)
+    init = initializers(model.graph)
     producer = {o: n for n in model.graph.node for o in n.output}
     scales = {}
     for node in model.graph.node:
@@ -271,47 +266,7 @@ def check_cache_matches(scales: dict[str, float], graph, path: Path) -> None:
                          f"{len(scales)} tensors are not in it (e.g. {unknown[0]})")
 
 
-# -- TensorRT's rules for explicit quantization ---------------------------------------------------
-def trt_rule_violations(model) -> list[str]:
-    """What in a Q/DQ graph TensorRT would reject or run differently: every zero-point int8 and 0;
-    weights per-channel on the output-channel axis; activations per-tensor (scalar scale);
-    scales positive and finite."""
-    init = _initializers(model.graph)
-    consumers: dict[str, list] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    problems = []
-    for node in model.graph.node:
-        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
-            continue
-        where = f"{node.op_type} {node.name or node.output[0]}"
-        if len(node.input) < 3 or node.input[2] not in init:
-            problems.append(f"{where}: no int8 zero-point (the default is uint8)")
-            continue
-        zero, scale = init[node.input[2]], init.get(node.input[1])
-        if zero.dtype != np.int8:
-            problems.append(f"{where}: zero-point is {zero.dtype}, not int8")
-        if np.any(zero != 0):
-            problems.append(f"{where}: zero-point is not 0 (TensorRT quantization is symmetric)")
-        if scale is None:
-            problems.append(f"{where}: scale is not a constant")
-            continue
-        if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
-            problems.append(f"{where}: scale is not positive and finite")
-        weight = node.input[0] if node.op_type == "QuantizeLinear" else None
-        if weight is not None and weight in init:
-            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
-            w = init[weight]
-            users = {c.op_type for d in consumers.get(node.output[0], []) for c in consumers.get(d.output[0], [])}
-            if "Conv" in users and (scale.ndim != 1 or axis != 0 or scale.shape[0] != w.shape[0]):
-                problems.append(f"{where}: conv weights need per-channel scales on axis 0 "
-                                f"(scale shape {list(scale.shape)}, axis {axis})")
-        elif weight is not None and scale.size != 1:
-            problems.append(f"{where}: activation scale has shape {list(scale.shape)}, not per-tensor")
-    return problems
-
-
+# -- graph facts ----------------------------------------------------------------------------------
 def conv_precision(model) -> tuple[list[str], list[str]]:
     """(quantized convs, convs left in high precision) of a Q/DQ graph."""
     producer = {o: n for n in model.graph.node for o in n.output}
@@ -324,12 +279,6 @@ def conv_precision(model) -> tuple[list[str], list[str]]:
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def _initializers(graph) -> dict[str, np.ndarray]:
-    from onnx import numpy_helper
-
-    return {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-
-
 def fp32_compute_nodes(model) -> list[str]:
     """Nodes of an FP16 graph (autocast, or Q/DQ with FP16 between the pairs) that still read an
     FP32 tensor, besides the I/O casts; the types come from ONNX shape inference."""

@@ -35,16 +35,16 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
-from .errors import BuildError, UsageError
+from ..errors import BuildError, UsageError
+from ..models import DEPTHWISE, GLOBAL_POOL, SE_GATES, fold_batchnorm
+from .qdq import quantize_linear_count, require_trt_rules
+from .recipes import DEFAULT_STEPS, check_steps
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from .log import BuildLog
+    from ..log import BuildLog
 
-MAX_STEPS = 5000  # ~2 h on 2 cores: anything above is a typo, not a plan
-DEFAULT_STEPS = 100  # gains came in the first 50-100 steps and then flattened (README "INT8 fidelity")
-SE_PATTERNS = (".*/se/.*",)  # NNCF PyTorch node names of ReXNet's squeeze-excitation blocks
 # NNCF compiles its CPU fake-quantize kernels on first use (about a minute on 2 cores, several when the
 # machine is busy); NNCF's own 60 s limit then fails the build, so allow more unless the user chose.
 EXTENSION_TIMEOUT_S = "900"
@@ -58,7 +58,7 @@ MODELOPT_LR = 1e-5
 
 @dataclass(frozen=True)
 class QadConfig:
-    steps: int = 100
+    steps: int = DEFAULT_STEPS
     lr: float = 5e-5
     batch: int = 16
     temperature: float = 2.0
@@ -73,20 +73,15 @@ class QadConfig:
     # FP16 (ONNX Runtime in FP32). Symmetric int8 on their SiLU inputs is what cost the Q/DQ graph
     # most: on dev/ PTQ measured 0.95 / 32.0 dB with them unquantized against ~0.89 / 28 dB.
     float_depthwise: bool = True
-    ignored_patterns: tuple[str, ...] = SE_PATTERNS
+    # NNCF ignored-scope patterns; the ModelOpt path keeps the SE gates unquantized when there are any
+    ignored_patterns: tuple[str, ...] = (SE_GATES.nncf_pattern,)
 
     def __post_init__(self) -> None:
-        if not 0 <= self.steps <= MAX_STEPS:
-            raise UsageError(f"--qad-steps must be between 0 and {MAX_STEPS}, got {self.steps}")
+        check_steps(self.steps)
         if not self.lr > 0 or not self.batch >= 1 or not self.temperature > 0:
             raise UsageError("QAD needs lr > 0, batch >= 1 and temperature > 0")
         if self.activations not in ("mixed", "performance"):
             raise UsageError(f"QAD activations preset must be mixed or performance, got {self.activations!r}")
-
-
-def check_steps(value: Any) -> int:
-    """``--qad-steps`` as an int in range (the backends' validate call this: one check, one message)."""
-    return QadConfig(steps=int(value)).steps
 
 
 @dataclass
@@ -139,25 +134,14 @@ def _nncf_ptq(teacher, x, config: QadConfig, log: "BuildLog"):
                      "activations": "asymmetric" if config.activations == "mixed" else "symmetric"}
 
 
-# ModelOpt names its quantizers after module paths (features.3.se.fc1.input_quantizer)
-MODELOPT_SE_PATTERN = "*se.*"
-MODELOPT_DEPTHWISE_PATTERN = "*conv_dw*"  # timm ReXNet: features.N.conv_dw.conv
-# The head's global-pool input (1280 SiLU channels): the one activation quantizer that cost most, 2.4 dB
-# of 31.9 on held-out calibration photos (each quantizer switched off alone); pooling gains nothing from int8.
-MODELOPT_POOL_PATTERN = "*global_pool*"
-
-
 def _modelopt_ptq(teacher, x, config: QadConfig, log: "BuildLog"):
     import torch
 
     mtq = _import_modelopt()
     student = fold_batchnorm(copy.deepcopy(teacher)).eval()
     cfg = copy.deepcopy(mtq.INT8_DEFAULT_CFG)  # int8, per-channel weights (axis 0), per-tensor activations, max
-    if config.ignored_patterns:
-        cfg["quant_cfg"].append({"quantizer_name": MODELOPT_SE_PATTERN, "enable": False})
-    if config.float_depthwise:
-        cfg["quant_cfg"].append({"quantizer_name": MODELOPT_DEPTHWISE_PATTERN, "enable": False})
-    cfg["quant_cfg"].append({"quantizer_name": MODELOPT_POOL_PATTERN, "enable": False})
+    kept = [SE_GATES] * bool(config.ignored_patterns) + [DEPTHWISE] * config.float_depthwise + [GLOBAL_POOL]
+    cfg["quant_cfg"] += [{"quantizer_name": layer.modelopt_pattern, "enable": False} for layer in kept]
 
     def forward_loop(model) -> None:
         with torch.no_grad():
@@ -170,30 +154,8 @@ def _modelopt_ptq(teacher, x, config: QadConfig, log: "BuildLog"):
 
     return student, {"tool": "modelopt (PyTorch)", "version": modelopt.__version__, "calibration": "max",
                      "activations": "symmetric (TensorRT's Q/DQ)",
-                     "unquantized": ["squeeze-excitation gates"] * bool(config.ignored_patterns)
-                     + ["depthwise convolutions (FP16 on TensorRT)"] * config.float_depthwise
-                     + ["the global-pool input"],
+                     "unquantized": [layer.description for layer in kept],
                      "batchnorm": "folded into the convolutions", "signed_activations": True}
-
-
-def fold_batchnorm(model: "torch.nn.Module") -> "torch.nn.Module":
-    """Fold every BatchNorm into the convolution before it (timm's ConvNormAct keeps its activation;
-    the SE block's BatchNorm folds into fc1): quantized weights must be the ones the engine
-    multiplies with, and TensorRT cannot fold a BatchNorm into an already quantized convolution."""
-    import torch
-    from timm.layers import ConvNormAct
-    from timm.models.rexnet import SEModule
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    for mod in model.modules():
-        if isinstance(mod, ConvNormAct):
-            bn = mod.bn
-            mod.conv = fuse_conv_bn_eval(mod.conv, bn)
-            mod.bn = torch.nn.Sequential(getattr(bn, "drop", torch.nn.Identity()), getattr(bn, "act", torch.nn.Identity()))
-        elif isinstance(mod, SEModule) and isinstance(mod.bn, torch.nn.BatchNorm2d):
-            mod.fc1 = fuse_conv_bn_eval(mod.fc1, mod.bn)
-            mod.bn = torch.nn.Identity()
-    return model
 
 
 def distill(student: "torch.nn.Module", teacher: "torch.nn.Module", x: "torch.Tensor", config: QadConfig,
@@ -276,6 +238,8 @@ def to_onnx(student: "torch.nn.Module", path, chw: tuple[int, int, int], output_
     import onnx
     import torch
 
+    from ..onnx_export import constants_to_initializers
+
     with torch.no_grad(), _no_warnings():
         torch.onnx.export(student, torch.zeros(1, *chw), str(path), input_names=["input"],
                           output_names=list(output_names), opset_version=17, dynamo=False,
@@ -293,8 +257,7 @@ def qdq_graph(ref, calib, steps: int, path, log: "BuildLog", *, recipe: str = "q
     rules. Returns the manifest record."""
     import onnx
 
-    from .modelopt_passes import trt_rule_violations
-    from .onnx_export import prune_file
+    from ..onnx_export import prune_file
 
     result = quantize_and_distill(ref.module, calib.tensors(), QadConfig(steps=steps, lr=MODELOPT_LR), log,
                                   quantizer="modelopt",
@@ -302,22 +265,8 @@ def qdq_graph(ref, calib, steps: int, path, log: "BuildLog", *, recipe: str = "q
     to_onnx(result.model, path, tuple(ref.data_config.input_size), ref.output_names)
     prune_file(path)
     graph = onnx.load(str(path))
-    problems = trt_rule_violations(graph)
-    if problems:
-        raise BuildError(f"the distilled Q/DQ graph breaks TensorRT's rules: {problems[0]} ({len(problems)} in all)")
-    return {**result.record, "quantize_linear_nodes": sum(n.op_type == "QuantizeLinear" for n in graph.graph.node)}
-
-
-def constants_to_initializers(graph) -> int:
-    """Turn ``Constant`` nodes into initializers (the exporter writes scales and zero-points as
-    Constant nodes); returns how many were moved."""
-    moved = [n for n in graph.node if n.op_type == "Constant" and len(n.attribute) == 1 and n.attribute[0].name == "value"]
-    for node in moved:
-        tensor = node.attribute[0].t
-        tensor.name = node.output[0]
-        graph.initializer.append(tensor)
-        graph.node.remove(node)
-    return len(moved)
+    require_trt_rules(graph, "the distilled Q/DQ graph")
+    return {**result.record, "quantize_linear_nodes": quantize_linear_count(graph)}
 
 
 def quiet_torch_notices() -> None:

@@ -18,8 +18,9 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from .harness.metrics import cosine_rows
-from .log import LogLike, Progress, as_build_log
+from ..harness.metrics import cosine_rows
+from ..log import LogLike, Progress, as_build_log
+
 _GROUP = re.compile(r"^/(stem|head|features/features\.\d+)/")
 QDQ = ("QuantizeLinear", "DequantizeLinear")
 
@@ -88,14 +89,12 @@ class _Runner:
     """An ONNX Runtime CPU session over a model proto; logits for a batch of images."""
 
     def __init__(self, model, batch_size: int = 16):
-        import onnxruntime as ort
-
+        from ..ort_session import cpu_session
         from .modelopt_passes import fp32_quantize_inputs
 
         model, _rewired = fp32_quantize_inputs(model)  # TensorRT's FP16 Q/DQ graphs: quantized as TensorRT does
-        options = ort.SessionOptions()
-        options.log_severity_level = 3  # not the notices about Q/DQ initializers the edit left unused
-        self._session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        # errors only, even when debugging: not the notices about Q/DQ initializers the edit left unused
+        self._session = cpu_session(model, log_level=3)
         self._input = self._session.get_inputs()[0].name
         self._batch = batch_size
 
@@ -183,9 +182,9 @@ def markdown(report: dict[str, Any]) -> str:
 
 def held_out_images(calib_set, config, limit: int) -> np.ndarray:
     """Up to ``limit`` preprocessed held-out images of the calibration source (never calibration images)."""
-    from .errors import UsageError
-    from .images import load_images
-    from .preprocess import preprocess_batch
+    from ..errors import UsageError
+    from ..images import load_images
+    from ..preprocess import preprocess_batch
 
     paths: Sequence[Path] = calib_set.held_out[:limit]
     if not paths:
@@ -205,11 +204,13 @@ def analyze(target: str, *, calib: str, weights: str = "pretrained", seed: int =
 
     import onnx
 
-    from . import backends, calibration, modelopt_passes, onnx_export
-    from .artifact import MANIFEST, read_manifest
-    from .errors import UsageError
-    from .models import create_reference
-    from .spec import ModelSpec, WeightsSpec
+    from .. import backends, calibration, onnx_export
+    from ..artifact import MANIFEST, read_manifest
+    from ..errors import UsageError
+    from ..models import create_reference
+    from ..spec import ModelSpec, WeightsSpec
+    from . import modelopt_passes
+    from .recipes import PYTORCH_QDQ_RECIPES
 
     log = as_build_log(log)
     # the TensorRT backend's graph tools (ModelOpt, onnx): missing, one line naming the extra
@@ -227,7 +228,7 @@ def analyze(target: str, *, calib: str, weights: str = "pretrained", seed: int =
             raise UsageError("sensitivity ranks layers by top-1 agreement: it needs a classify-head model")
         model = ModelSpec.from_record(m)
         recipe = manifest["backend_config"].get("precision_pass", {}).get("recipe")
-        if recipe in ("rexnet", "qad"):  # its graph is of the BatchNorm-folded model: not the FP32 export's layers
+        if recipe in PYTORCH_QDQ_RECIPES:  # its graph is of the BatchNorm-folded model: not the FP32 export's layers
             log(f"note: {target} was quantized in PyTorch (--recipe {recipe}); "
                 "ranking layers of ModelOpt's ONNX PTQ of its model instead")
         elif manifest["backend"] == "tensorrt" and manifest["precision"] == "int8":
