@@ -102,6 +102,15 @@ def test_option_tables_are_well_formed(name):
             assert o.default in o.choices, o
 
 
+@pytest.mark.parametrize("name", [n for n, info in backends.BACKENDS.items() if info.triton])
+def test_the_triton_layout_names_files_the_backend_writes(name):
+    """The row's artifact files are the module's own file-name constants (a rename cannot drift)."""
+    info = backends.BACKENDS[name]
+    module = importlib.import_module(info.module)
+    written = {v for k, v in vars(module).items() if k.isupper() and isinstance(v, str)}
+    assert set(info.triton.files) <= written, (set(info.triton.files), written)
+
+
 def test_an_option_shared_by_backends_is_one_flag_of_one_kind():
     seen: dict[str, base.Option] = {}
     for info in backends.BACKENDS.values():
