@@ -58,7 +58,7 @@ def build(
     log = as_build_log(log)
     info = backends.get(spec.backend)
     spec = dataclasses.replace(spec, backend=info.name, device=spec.device or info.default_device)
-    backends.check_spec(info, spec)
+    backends.check_spec(info, spec, head=model.head)
     check_options = dict(check_options or {})
     given = check_options.get("images")
     if isinstance(given, (str, os.PathLike)) and not Path(given).exists():

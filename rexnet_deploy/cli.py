@@ -5,155 +5,32 @@ failed gate). The backends' build flags come from the registry's option table.""
 from __future__ import annotations
 
 import json
-import os
 import sys
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import click
 
+from . import backend_flags
 from .backends import BACKENDS
 from .calibration import HELD_OUT_LIMIT
-from .errors import GateFailed, RexnetDeployError, UsageError, one_line
-from .log import BuildLog
-
-DEBUG = os.environ.get("REXNET_DEPLOY_DEBUG") == "1"
-
-
-def _stderr():
-    from rich.console import Console
-
-    return Console(stderr=True, highlight=False)
+from .console import OneLineErrors, progress_bar, status_log, stderr_console, warn
+from .errors import GateFailed, UsageError
+from .spec import HEADS, PRECISIONS, parse_gate
 
 
-class _Group(click.Group):
-    def main(self, args=None, prog_name=None, **extra: Any) -> Any:  # type: ignore[override]
-        """Click's usage errors (also those before a command) as one ``error:`` line, exit 2."""
-        if extra.pop("standalone_mode", True) is False:
-            return super().main(args, prog_name, standalone_mode=False, **extra)
-        try:
-            code = super().main(args, prog_name, standalone_mode=False, **extra)
-        except click.UsageError as exc:
-            where = exc.ctx.command_path if exc.ctx else (prog_name or "rexnet-deploy")
-            click.echo(f"error: {one_line(exc.format_message())} (see {where} --help)", err=True)
-            sys.exit(exc.exit_code)
-        except click.ClickException as exc:
-            click.echo(f"error: {one_line(exc.format_message())}", err=True)
-            sys.exit(exc.exit_code)
-        except click.Abort:
-            click.echo("error: aborted", err=True)
-            sys.exit(1)
-        sys.exit(code if isinstance(code, int) else 0)
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except (click.exceptions.Exit, click.ClickException, click.Abort):
-            raise
-        except RexnetDeployError as exc:
-            click.echo(f"error: {one_line(exc)}", err=True)
-            ctx.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("error: interrupted", err=True)
-            ctx.exit(130)
-        except Exception as exc:  # a bug, not bad input: one line, the traceback on request
-            if DEBUG:
-                raise
-            click.echo(f"error: unexpected {type(exc).__name__}: {one_line(exc)} "
-                       "(run with REXNET_DEPLOY_DEBUG=1 for the traceback)", err=True)
-            ctx.exit(70)
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="rexnet-deploy")
 def main() -> None:
     """Build ReXNet inference engines and prove them against the FP32 PyTorch reference."""
 
 
 # -- shared helpers -------------------------------------------------------------------------------
-def _parse_gate(values: tuple[str, ...]) -> dict[str, float]:
-    from .harness.metrics import GATE_KEYS
-
-    gate = {}
-    for item in values:
-        key, sep, value = item.partition("=")
-        if not sep or key not in GATE_KEYS:
-            raise UsageError(f"--gate takes KEY=VALUE with KEY one of {', '.join(GATE_KEYS)}, got {item!r}")
-        try:
-            gate[key] = float(value)
-        except ValueError:
-            raise UsageError(f"--gate {key} needs a number, got {value!r}") from None
-    return gate
-
-
 def _write_json(path: str | None, data: dict[str, Any]) -> None:
     if path:
         from .artifact import to_json
 
         Path(path).expanduser().write_text(to_json(data))
-
-
-def _warn(message: str) -> None:
-    _stderr().print(message, markup=False)
-
-
-@contextmanager
-def _progress(description: str, quiet: bool) -> Iterator:
-    """A rich progress bar on stderr; yields a :data:`rexnet_deploy.log.Progress` that drives it."""
-    if quiet:
-        yield lambda *_a: None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=_stderr(), transient=True) as bar:
-        task = bar.add_task(description, total=None)
-
-        def update(description: str, done: int, total: int | None) -> None:
-            bar.update(task, completed=done, total=total, description=description)
-
-        yield update
-
-
-class _RichLog(BuildLog):
-    """The library's BuildLog on a terminal: each message is printed and becomes the spinner's
-    text; ``progress`` shows a count in the spinner; ``paused`` stops the spinner while a library
-    (NNCF) draws its own progress bars."""
-
-    quiet = False
-
-    def __init__(self, console, status):
-        self.console, self.status = console, status
-
-    def __call__(self, message: str) -> None:
-        from rich.markup import escape
-
-        # escape: messages name pip extras like rexnet-deploy[trt], which rich would eat as markup
-        self.console.print(f"[dim]·[/dim] {escape(message)}")
-        self.status.update(escape(message))
-
-    def progress(self, description: str, done: int, total: int | None) -> None:
-        self.status.update(f"{description} {done}/{total}" if total else f"{description} {done}")
-
-    @contextmanager
-    def paused(self) -> Iterator[None]:
-        self.status.stop()
-        try:
-            yield
-        finally:
-            self.status.start()
-
-
-@contextmanager
-def _status(quiet: bool) -> Iterator[BuildLog]:
-    """A spinner on stderr whose text follows the library's log messages (quiet: the null log)."""
-    if quiet:
-        yield BuildLog()
-        return
-    console = _stderr()
-    with console.status("starting") as status:
-        yield _RichLog(console, status)
 
 
 def _engine_options(**flags: Any) -> dict[str, Any]:
@@ -167,41 +44,13 @@ def _images_arg(images: tuple[str, ...]) -> Any:
     return images[0] if len(images) == 1 else list(images)
 
 
-def _backend_build_options(command):
-    """Add each backend's build options (the registry's table) as flags; an option that several
-    backends declare is one flag (its choices: all of theirs; each backend checks its own)."""
-    merged: dict[str, list] = {}
-    for info in BACKENDS.values():
-        for option in info.options:
-            merged.setdefault(option.name, []).append((info, option))
-    types = {"str": str, "int": int, "float": float, "path": click.Path()}
-    for name, rows in reversed(merged.items()):
-        first = rows[0][1]
-        helps = []
-        for info, o in rows:
-            where = info.title + (" " + "/".join(p.upper() for p in o.precisions) if o.precisions else "")
-            shown = o.default_text or (o.default if o.default not in (None, False) else None)
-            helps.append(f"{where}: {o.help}" + (f" [{shown}]" if shown is not None else ""))
-        kwargs: dict[str, Any] = {"help": " ".join(helps), "default": None, "metavar": first.metavar}
-        if first.type == "bool":
-            if "/" not in (first.flag or ""):  # (an --a/--b pair is a flag by its spelling)
-                kwargs["is_flag"] = True
-        else:
-            choices = list(dict.fromkeys(c for _i, o in rows for c in o.choices))
-            kwargs["type"] = click.Choice(choices) if choices else types[first.type]
-        if first.multiple:
-            kwargs.update(multiple=True, default=())
-        command = click.option(first.flag or "--" + name.replace("_", "-"), name, **kwargs)(command)
-    return command
-
-
 # -- commands -------------------------------------------------------------------------------------
-@main.command(name="build")
+@main.command(name="build", cls=backend_flags.WithBackendFlags, flags_after="calib_seed")
 @click.option("--model", default="rexnet_100", show_default=True, help="ReXNet family member, optionally with a timm tag (rexnet_100.nav_in1k).")
-@click.option("--head", type=click.Choice(["classify", "embed", "features"]), default="classify", show_default=True,
+@click.option("--head", type=click.Choice(HEADS), default="classify", show_default=True,
               help="classify: logits; embed: pooled features; features: the 5 multi-scale maps.")
 @click.option("--backend", default="torchscript", show_default=True, help="Engine backend (see `rexnet-deploy backends`).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8"]), default=None, help="Engine precision [fp32].")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None, help="Engine precision [fp32].")
 @click.option("--fp16", "precision_flag", flag_value="fp16", help="Shorthand for --precision fp16.")
 @click.option("--bf16", "precision_flag", flag_value="bf16", help="Shorthand for --precision bf16.")
 @click.option("--int8", "precision_flag", flag_value="int8", help="Shorthand for --precision int8.")
@@ -217,7 +66,6 @@ def _backend_build_options(command):
 @click.option("--calib", type=click.Path(), default=None, help="INT8: calibration images, a folder (recursive) or a CSV file list.")
 @click.option("--calib-size", type=int, default=300, show_default=True, help="INT8: calibration images to sample (seeded, stratified by class folder).")
 @click.option("--calib-seed", type=int, default=0, show_default=True, help="INT8: seed of the calibration sample.")
-@_backend_build_options
 @click.option("--check-size", type=click.IntRange(min=1), default=HELD_OUT_LIMIT, show_default=True, help="INT8: held-out calibration-source images to check on (when no --check-images).")
 @click.option("--check-images", type=click.Path(), default=None, help="Images to check the build on [generated images].")
 @click.option("--labels", type=click.Path(), default=None, help="CSV file,class_index for --check-images.")
@@ -232,7 +80,7 @@ def _backend_build_options(command):
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 def build_command(model, head, backend, precision, precision_flag, weights, seed, device, batch_range, test_size, out,
                   force, calib, calib_size, calib_seed, check_size, check_images, labels, eval_images, synthetic, skip_check,
-                  skip_bad, gate, bench_batches, json_out, quiet, **backend_flags) -> None:
+                  skip_bad, gate, bench_batches, json_out, quiet, **backend_options) -> None:
     """Compile the model into an engine artifact, check it against the FP32 reference, publish it."""
     from . import backends
     from .builder import build
@@ -249,14 +97,12 @@ def build_command(model, head, backend, precision, precision_flag, weights, seed
     batches = parse_batch_list(bench_batches) if bench_batches else None
     out = out or f"engines/{model.replace('.', '_')}-{name}-{precision}"
     if model_spec.weights.source == "random" and not quiet:
-        _stderr().print(f"warning: random weights (seed {seed}): this engine is for testing, not for production")
+        stderr_console().print(f"warning: random weights (seed {seed}): this engine is for testing, not for production")
     check_options = {"images": check_images, "labels": labels, "synthetic": synthetic, "skip_bad": skip_bad,
-                     "gate": _parse_gate(gate)}
-    # flags not given are None (repeatables: empty); the backend's validate fills in its defaults
-    backend_options = {k: v for k, v in backend_flags.items() if v is not None and v != ()}
-    with _status(quiet) as log:
+                     "gate": parse_gate(gate)}
+    with status_log(quiet) as log:
         engine = build(model_spec, spec, out, force=force, calib=calib, calib_size=calib_size, calib_seed=calib_seed,
-                       backend_options=backend_options, check=not skip_check, check_options=check_options,
+                       backend_options=backend_flags.given(backend_options), check=not skip_check, check_options=check_options,
                        check_size=check_size, eval_images=eval_images, bench_batches=batches, log=log)
     with engine:
         reports = engine.manifest.get("reports", {})
@@ -290,10 +136,10 @@ def check_command(engine_path, images, labels, synthetic, limit, weights, gate, 
     from .harness.check import check_artifact, raise_for_gate
     from .harness.report import check_markdown
 
-    with _progress("checking", quiet) as update:
+    with progress_bar("checking", quiet) as update:
         report = check_artifact(engine_path, engine_options=_engine_options(emulate=emulate, rebuild_engine=rebuild_engine),
-                                save_report=not no_save, warn=_warn, images=_images_arg(images), labels=labels,
-                                synthetic=synthetic, limit=limit, weights=weights, gate=_parse_gate(gate),
+                                save_report=not no_save, warn=warn, images=_images_arg(images), labels=labels,
+                                synthetic=synthetic, limit=limit, weights=weights, gate=parse_gate(gate),
                                 skip_bad=skip_bad, progress=update)
     _write_json(json_out, report)
     click.echo(check_markdown(report))
@@ -329,7 +175,7 @@ def bench_command(engine_path, batches, seconds, warmup, repeat, no_reference, w
     from .spec import parse_batch_list
 
     sizes = parse_batch_list(batches)
-    with _progress("benchmarking", quiet) as update:
+    with progress_bar("benchmarking", quiet) as update:
         report = bench_with_gate(engine_path, batches=sizes, seconds=seconds, warmup=warmup, repeat=repeat,
                                  reference=not no_reference, weights=weights, images=images_dir, baseline=baseline,
                                  max_regression=max_regression, confirm=confirm, save_baseline=save_baseline,
@@ -425,7 +271,7 @@ def matrix_command(model, weights, seed, calib, calib_size, images, labels, eval
 
     sizes = parse_batch_list(batches)
     model_spec = ModelSpec(name=model, weights=WeightsSpec.parse(weights, seed))
-    with _status(quiet) as log:
+    with status_log(quiet) as log:
         result = run(model_spec, out, calib=calib, calib_size=calib_size, images=images, labels=labels,
                      eval_images=eval_images, batches=tuple(sizes), seconds=seconds, only=list(only) or None, log=log)
     click.echo(markdown(result))
@@ -453,7 +299,7 @@ def sensitivity_command(target, calib, weights, seed, calib_size, calib_seed, ca
     TensorRT --exclude list that meets --max-drop."""
     from .int8.sensitivity import analyze, markdown
 
-    with _status(quiet) as log:
+    with status_log(quiet) as log:
         report = analyze(target, calib=calib, weights=weights, seed=seed, calib_size=calib_size, calib_seed=calib_seed,
                          method=calib_method, images=n_images, max_drop=max_drop, log=log)
     _write_json(json_out, report)

@@ -30,6 +30,7 @@ import numpy as np
 
 from . import backends
 from .artifact import Artifact, load_artifact
+from .backends.base import check_load_options
 from .errors import ArtifactError, InputError, RexnetDeployError, UsageError, one_line
 from .images import LoadedImages, expand_paths, load_images
 from .preprocess import PreprocessConfig, preprocess_batch
@@ -79,6 +80,7 @@ class Engine:
         self.fast_preprocess = bool(fast_preprocess)
         self._draft = self._preprocess if self.fast_preprocess else None
         self._closed = False
+        check_load_options(type(self), artifact.backend, options)  # the one check, for every backend
         try:
             self._setup(**options)
         except RexnetDeployError:

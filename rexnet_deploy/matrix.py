@@ -21,9 +21,12 @@ from .harness.report import summary
 from .log import LogLike, as_build_log
 from .spec import BuildSpec, ModelSpec
 
-CANDIDATES = [("torchscript", "fp32"), ("torchscript", "fp16"), ("openvino", "fp32"), ("openvino", "fp16"),
-              ("openvino", "bf16"), ("openvino", "int8"), ("onnxruntime", "fp32"), ("onnxruntime", "fp16"),
-              ("onnxruntime", "int8"), ("tensorrt", "fp16"), ("tensorrt", "int8")]
+
+def candidates(only: list[str] | None = None) -> list[tuple[str, str]]:
+    """(backend, precision) pairs the matrix measures: each registry row's measured precisions, in
+    table order; ``only``: those named as BACKEND or BACKEND/PRECISION."""
+    every = [(info.name, precision) for info in backends.BACKENDS.values() for precision in info.measured_precisions]
+    return [c for c in every if not only or f"{c[0]}/{c[1]}" in only or c[0] in only]
 
 
 def skip_reason(backend: str, precision: str, *, calib: str | None) -> str | None:
@@ -65,8 +68,7 @@ def run(model: ModelSpec, out: str | os.PathLike, *, calib: str | None = None, c
         held = plan.candidates[calib_size:]
         if held:
             check = {"images": held[:HELD_OUT_LIMIT], "labels": labels or plan.labels_csv}
-    candidates = [c for c in CANDIDATES if not only or f"{c[0]}/{c[1]}" in only or c[0] in only]
-    for backend, precision in candidates:
+    for backend, precision in candidates(only):
         key = f"{backend}/{precision}"
         reason = skip_reason(backend, precision, calib=calib)
         if reason:

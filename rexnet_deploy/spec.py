@@ -130,3 +130,19 @@ def parse_batch_list(text: str) -> list[int]:
     if not values or any(v < 1 for v in values):
         raise UsageError(f"batch sizes must be positive integers, got {text!r}")
     return sorted(set(values))
+
+
+def parse_gate(values: tuple[str, ...]) -> dict[str, float]:
+    """``("top1_agreement=0.97",)`` → {"top1_agreement": 0.97} (the ``--gate`` overrides)."""
+    from .harness.metrics import GATE_KEYS
+
+    gate = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or key not in GATE_KEYS:
+            raise UsageError(f"--gate takes KEY=VALUE with KEY one of {', '.join(GATE_KEYS)}, got {item!r}")
+        try:
+            gate[key] = float(value)
+        except ValueError:
+            raise UsageError(f"--gate {key} needs a number, got {value!r}") from None
+    return gate

@@ -4,7 +4,8 @@ Each artifact becomes ``REPO/<name>/config.pbtxt`` + ``REPO/<name>/1/<model file
 artifact's ``labels.txt`` for Triton's classification extension, and ``preprocess.json``: the
 eval transform clients must apply, since Triton receives the float32 NCHW batch).
 
-Backends: OpenVINO (``openvino`` backend), ONNX Runtime (``onnxruntime_onnx``), TensorRT
+Each backend's target is its registry row's :class:`~rexnet_deploy.backends.base.TritonTarget`:
+OpenVINO (``openvino`` backend), ONNX Runtime (``onnxruntime_onnx``), TensorRT
 (``tensorrt_plan``, only an artifact holding a built engine) and TorchScript
 (``pytorch_libtorch``, which addresses tensors by position: ``INPUT__0``, ``OUTPUT__k``).
 
@@ -25,7 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from . import backends
 from .artifact import Artifact, load_artifact
+from .backends.base import TritonTarget
 from .errors import ArtifactError, BuildError, UsageError
 
 CONFIG = "config.pbtxt"
@@ -37,24 +40,6 @@ _DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64"
 
 
 @dataclass(frozen=True)
-class TritonTarget:
-    """How one backend's artifact maps onto a Triton backend."""
-
-    platform: str                  # the ``platform`` string (``backend`` where Triton has no platform)
-    uses_backend_field: bool       # openvino has no platform name: ``backend: "openvino"``
-    files: dict[str, str]          # artifact file → file name in the version folder (Triton's defaults)
-    positional_names: bool = False  # libtorch: INPUT__0 / OUTPUT__k
-
-
-TARGETS: dict[str, TritonTarget] = {
-    "onnxruntime": TritonTarget("onnxruntime_onnx", False, {"model.onnx": "model.onnx"}),
-    "openvino": TritonTarget("openvino", True, {"model.xml": "model.xml", "model.bin": "model.bin"}),
-    "tensorrt": TritonTarget("tensorrt_plan", False, {"model.engine": "model.plan"}),
-    "torchscript": TritonTarget("pytorch_libtorch", False, {"model.ts": "model.pt"}, positional_names=True),
-}
-
-
-@dataclass(frozen=True)
 class ExportedModel:
     name: str
     path: Path
@@ -63,34 +48,64 @@ class ExportedModel:
     kind: str  # KIND_CPU / KIND_GPU
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What one artifact becomes in Triton, worked out once: its backend's target (the registry
+    row's), the batch limit, the instance kind and the I/O names."""
+
+    artifact: Artifact
+    target: TritonTarget
+    max_batch: int
+    kind: str  # KIND_CPU / KIND_GPU
+    input_name: str
+    output_names: list[str]
+    parameters: dict[str, str]
+
+
 def triton_io_names(artifact: Artifact) -> tuple[str, list[str]]:
     """The input and output names the Triton config uses (positional ones for libtorch)."""
+    return _io_names(artifact, _target(artifact))
+
+
+def _io_names(artifact: Artifact, target: TritonTarget) -> tuple[str, list[str]]:
     outputs = [o["name"] for o in artifact.manifest["outputs"]]
-    if TARGETS[artifact.backend].positional_names:
+    if target.positional_names:
         return "INPUT__0", [f"OUTPUT__{k}" for k in range(len(outputs))]
     return artifact.manifest["input"]["name"], outputs
 
 
 def _target(artifact: Artifact) -> TritonTarget:
-    target = TARGETS.get(artifact.backend)
-    if target is None:
+    info = backends.BACKENDS.get(artifact.backend)
+    if info is None or info.triton is None:
+        supported = [name for name, row in backends.BACKENDS.items() if row.triton is not None]
         raise UsageError(f"{artifact.path}: cannot export a {artifact.backend!r} artifact to Triton "
-                         f"(supported: {', '.join(TARGETS)})")
-    if artifact.backend == "tensorrt" and not (artifact.manifest.get("backend_config") or {}).get("engine"):
-        raise ArtifactError(f"{artifact.path} holds no TensorRT engine (only its graph: built without a TensorRT GPU "
-                            "host or with --onnx-only); build it on a TensorRT GPU host, or load it there once with "
-                            "--rebuild-engine, then export")
+                         f"(supported: {', '.join(supported)})")
+    target = info.triton
+    if target.requires and not (artifact.manifest.get("backend_config") or {}).get(target.requires[0]):
+        raise ArtifactError(f"{artifact.path} {target.requires[1]}")
     return target
+
+
+def _plan(artifact: Artifact, max_batch: int | None) -> _Plan:
+    """The artifact's plan; refuses a foreign backend, an unexportable artifact or a bad --max-batch."""
+    target = _target(artifact)
+    m = artifact.manifest
+    config = m.get("backend_config") or {}
+    device = str(m.get("device") or backends.get(artifact.backend).default_device)
+    parameters = {param: str(config[key]) for param, key in target.parameters.items() if config.get(key)}
+    return _Plan(artifact, target, _max_batch(artifact, max_batch), "KIND_GPU" if device.startswith("cuda") else "KIND_CPU",
+                 *_io_names(artifact, target), parameters)
 
 
 def _max_batch(artifact: Artifact, requested: int | None) -> int:
     lo, hi = artifact.manifest["input"]["batch"]
-    if artifact.backend == "tensorrt":
-        # the engine's optimization profile is a hard limit; Triton batches anything from 1 up
-        profile = artifact.manifest["backend_config"].get("profile") or {}
+    # an optimization profile (TensorRT) is a hard limit; Triton batches anything from 1 up
+    profile = (artifact.manifest.get("backend_config") or {}).get("profile") or {}
+    if profile:
         hi = min(hi, int(profile.get("max", hi)))
         if int(profile.get("min", lo)) > 1:
-            raise UsageError(f"{artifact.path}: its TensorRT profile starts at batch {profile['min']}, but Triton sends "
+            title = backends.get(artifact.backend).title
+            raise UsageError(f"{artifact.path}: its {title} profile starts at batch {profile['min']}, but Triton sends "
                              "batches from 1; rebuild it with --batch 1:MAX")
     if requested is None:
         return hi
@@ -109,41 +124,32 @@ def _dtype(name: str, where: str) -> str:
     return _DTYPES[name]
 
 
-def _parameters(artifact: Artifact) -> dict[str, str]:
-    """Backend parameters. OpenVINO: the precision hint the engine was checked at; the CPU plugin's
-    own default may be bf16/f16 on AMX hosts (measured here: logits off by 2e-4 without it)."""
-    if artifact.backend != "openvino":
-        return {}
-    hint = (artifact.manifest.get("backend_config") or {}).get("inference_precision_hint")
-    return {"INFERENCE_PRECISION_HINT": hint} if hint else {}
-
-
 def config_text(artifact: Artifact, name: str, *, max_batch: int | None = None, instances: int = 1,
                 max_queue_delay_us: int = 500, labels: bool = False) -> str:
     """The ``config.pbtxt`` of one artifact (names, dims and dtypes from its manifest)."""
-    target = _target(artifact)
-    m = artifact.manifest
-    batch = _max_batch(artifact, max_batch)
-    in_name, out_names = triton_io_names(artifact)
-    gpu = artifact.backend == "tensorrt" or str(m.get("device", "cpu")).startswith("cuda")
-    kind = "KIND_GPU" if gpu else "KIND_CPU"
+    return _config(_plan(artifact, max_batch), name, instances=instances, max_queue_delay_us=max_queue_delay_us,
+                   labels=labels)
+
+
+def _config(plan: _Plan, name: str, *, instances: int, max_queue_delay_us: int, labels: bool) -> str:
+    target, m, where = plan.target, plan.artifact.manifest, str(plan.artifact.path)
     lines = [f'name: "{name}"',
              f'backend: "{target.platform}"' if target.uses_backend_field else f'platform: "{target.platform}"',
-             f"max_batch_size: {batch}",
+             f"max_batch_size: {plan.max_batch}",
              "input [",
-             f'  {{ name: "{in_name}", data_type: {_dtype(m["input"]["dtype"], str(artifact.path))}, '
+             f'  {{ name: "{plan.input_name}", data_type: {_dtype(m["input"]["dtype"], where)}, '
              f'dims: {_dims(m["input"]["shape"])} }}',
              "]",
              "output ["]
     outs = []
-    for k, (spec, out_name) in enumerate(zip(m["outputs"], out_names)):
+    for k, (spec, out_name) in enumerate(zip(m["outputs"], plan.output_names)):
         # logits + labels.txt: Triton's classification extension can answer top-k with names
         label = ', label_filename: "labels.txt"' if labels and k == 0 and m["model"]["head"] == "classify" else ""
-        outs.append(f'  {{ name: "{out_name}", data_type: {_dtype(spec.get("dtype", "float32"), str(artifact.path))}, '
+        outs.append(f'  {{ name: "{out_name}", data_type: {_dtype(spec.get("dtype", "float32"), where)}, '
                     f'dims: {_dims(spec["shape"])}{label} }}')
     lines += [",\n".join(outs), "]",
-              f"instance_group [ {{ count: {instances}, kind: {kind} }} ]",
-              *[f'parameters {{ key: "{k}", value: {{ string_value: "{v}" }} }}' for k, v in _parameters(artifact).items()],
+              f"instance_group [ {{ count: {instances}, kind: {plan.kind} }} ]",
+              *[f'parameters {{ key: "{k}", value: {{ string_value: "{v}" }} }}' for k, v in plan.parameters.items()],
               f"dynamic_batching {{ max_queue_delay_microseconds: {max_queue_delay_us} }}"]
     return "\n".join(lines) + "\n"
 
@@ -165,17 +171,18 @@ def _can_parse() -> bool:
     return False
 
 
-def _write_model(artifact: Artifact, name: str, folder: Path, *, validate: bool, **options: Any) -> ExportedModel:
-    target = _target(artifact)
+def _write_model(plan: _Plan, name: str, folder: Path, *, validate: bool, instances: int,
+                 max_queue_delay_us: int) -> ExportedModel:
+    artifact = plan.artifact
     has_labels = bool((artifact.manifest.get("labels") or {}).get("file"))
-    text = config_text(artifact, name, labels=has_labels, **options)
+    text = _config(plan, name, instances=instances, max_queue_delay_us=max_queue_delay_us, labels=has_labels)
     if validate:
         try:
             parse_config(text)
         except Exception as exc:  # text_format.ParseError: a bug of config_text, never silently shipped
             raise BuildError(f"the generated {CONFIG} of {name} does not parse as Triton's ModelConfig: {exc}") from None
     (folder / VERSION).mkdir(parents=True)
-    for src, dst in target.files.items():
+    for src, dst in plan.target.files.items():
         if not artifact.file(src).is_file():
             raise ArtifactError(f"{artifact.path} is missing its payload file {src}")
         shutil.copyfile(artifact.file(src), folder / VERSION / dst)
@@ -183,8 +190,7 @@ def _write_model(artifact: Artifact, name: str, folder: Path, *, validate: bool,
         shutil.copyfile(artifact.file(artifact.manifest["labels"]["file"]), folder / "labels.txt")
     (folder / PREPROCESS).write_text(json.dumps(artifact.manifest["preprocess"], indent=2) + "\n")
     (folder / CONFIG).write_text(text)
-    kind = "KIND_GPU" if "KIND_GPU" in text else "KIND_CPU"
-    return ExportedModel(name, folder, target.platform, int(re.search(r"max_batch_size: (\d+)", text)[1]), kind)
+    return ExportedModel(name, folder, plan.target.platform, plan.max_batch, plan.kind)
 
 
 def export_triton(engines: Sequence[str | os.PathLike], repo: str | os.PathLike, *,
@@ -203,10 +209,12 @@ def export_triton(engines: Sequence[str | os.PathLike], repo: str | os.PathLike,
     validate = _can_parse() if validate is None else validate
     artifacts = [load_artifact(path) for path in engines]  # verifies checksums: never export a damaged payload
     chosen = list(names) if names else [a.path.resolve().name for a in artifacts]
+    plans = []
     for name, artifact in zip(chosen, artifacts):
         if not _NAME.match(name):
             raise UsageError(f"{name!r} is not a usable Triton model name (letters, digits, _ . -): pass --name")
-        _target(artifact)  # refuse a foreign backend or an engine-less TensorRT artifact before writing
+        # refuses a foreign backend, an engine-less TensorRT artifact or a bad --max-batch before writing
+        plans.append(_plan(artifact, max_batch))
     clashes = sorted({n for n in chosen if chosen.count(n) > 1})
     if clashes:
         raise UsageError(f"two engines would both be Triton model {clashes[0]!r}: pass --name for each")
@@ -225,8 +233,8 @@ def export_triton(engines: Sequence[str | os.PathLike], repo: str | os.PathLike,
     except OSError as exc:
         raise UsageError(f"cannot create --repo {root}: {exc.strerror or exc}") from None
     try:
-        staged = [_write_model(a, n, stage / n, validate=validate, max_batch=max_batch, instances=instances,
-                               max_queue_delay_us=max_queue_delay_us) for a, n in zip(artifacts, chosen)]
+        staged = [_write_model(p, n, stage / n, validate=validate, instances=instances,
+                               max_queue_delay_us=max_queue_delay_us) for p, n in zip(plans, chosen)]
         done = []
         for model in staged:
             dest = root / model.name
@@ -239,4 +247,4 @@ def export_triton(engines: Sequence[str | os.PathLike], repo: str | os.PathLike,
         shutil.rmtree(stage, ignore_errors=True)
 
 
-__all__ = ["ExportedModel", "TARGETS", "config_text", "export_triton", "parse_config", "triton_io_names"]
+__all__ = ["ExportedModel", "config_text", "export_triton", "parse_config", "triton_io_names"]

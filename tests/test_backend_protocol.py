@@ -4,13 +4,14 @@ registry's table: CLI flags, defaults, generic checks) and validated once, befor
 from __future__ import annotations
 
 import importlib
+import inspect
 import re
 import types
 from pathlib import Path
 
 import pytest
 
-from rexnet_deploy import BuildSpec, ModelSpec, WeightsSpec, backends, build
+from rexnet_deploy import BuildSpec, Engine, ModelSpec, WeightsSpec, backends, build
 from rexnet_deploy.backends import base
 from rexnet_deploy.errors import UsageError
 from rexnet_deploy.log import BuildLog, as_build_log
@@ -32,10 +33,41 @@ def stop_before_model(monkeypatch):
     monkeypatch.setattr(builder, "create_reference", stop)
 
 
+def missing_verbs(module: types.ModuleType) -> list[str]:
+    """What ``module`` lacks of the protocol (:data:`base.VERBS`): a missing verb, one with other
+    parameters, or an ENGINE that is not an Engine subclass. Empty for a complete backend."""
+    problems = []
+    for verb, params in base.VERBS.items():
+        obj = getattr(module, verb, None)
+        if obj is None:
+            problems.append(f"{verb} is missing")
+        elif params is None:
+            if not (isinstance(obj, type) and issubclass(obj, Engine)):
+                problems.append(f"{verb} is not an Engine subclass")
+        elif not callable(obj):
+            problems.append(f"{verb} is not callable")
+        else:
+            have = tuple(inspect.signature(obj).parameters)
+            if have != params:
+                problems.append(f"{verb} takes ({', '.join(have)}), not ({', '.join(params)})")
+    return problems
+
+
 @pytest.mark.parametrize("name", list(backends.BACKENDS))
 def test_every_registered_backend_implements_the_protocol(name):
     info = backends.BACKENDS[name]
-    assert base.missing_verbs(importlib.import_module(info.module)) == []
+    assert missing_verbs(importlib.import_module(info.module)) == []
+
+
+@pytest.mark.parametrize("name", list(backends.BACKENDS))
+def test_load_options_are_the_engines_named_setup_parameters(name):
+    """No engine takes ``**options`` in ``_setup``: the one load-option check (Engine's) is the only one."""
+    engine = importlib.import_module(backends.BACKENDS[name].module).ENGINE
+    kinds = {p.kind for p in inspect.signature(engine._setup).parameters.values()}
+    assert inspect.Parameter.VAR_KEYWORD not in kinds and base.load_options(engine)
+    with pytest.raises(UsageError, match=rf"^unknown {name} options: bogus, other \(known: "):
+        base.check_load_options(engine, name, {base.load_options(engine)[0]: None, "bogus": 1, "other": 2})
+    base.check_load_options(engine, name, {o: None for o in base.load_options(engine)})
 
 
 def test_a_backend_missing_a_verb_fails_the_protocol_check():
@@ -52,11 +84,11 @@ def test_a_backend_missing_a_verb_fails_the_protocol_check():
                 setattr(module, verb, value)
         return module
 
-    assert base.missing_verbs(fake()) == []
-    assert base.missing_verbs(fake(validate=None)) == ["validate is missing"]
-    assert base.missing_verbs(fake(host_problem=None)) == ["host_problem is missing"]
-    assert base.missing_verbs(fake(host_problem=lambda: None)) == ["host_problem takes (), not (precision)"]
-    assert base.missing_verbs(fake(ENGINE=object)) == ["ENGINE is not an Engine subclass"]
+    assert missing_verbs(fake()) == []
+    assert missing_verbs(fake(validate=None)) == ["validate is missing"]
+    assert missing_verbs(fake(host_problem=None)) == ["host_problem is missing"]
+    assert missing_verbs(fake(host_problem=lambda: None)) == ["host_problem takes (), not (precision)"]
+    assert missing_verbs(fake(ENGINE=object)) == ["ENGINE is not an Engine subclass"]
 
 
 @pytest.mark.parametrize("name", list(backends.BACKENDS))
@@ -68,6 +100,15 @@ def test_option_tables_are_well_formed(name):
         assert set(o.precisions) <= set(info.precisions), o
         if o.choices and o.default is not None:
             assert o.default in o.choices, o
+
+
+@pytest.mark.parametrize("name", [n for n, info in backends.BACKENDS.items() if info.triton])
+def test_the_triton_layout_names_files_the_backend_writes(name):
+    """The row's artifact files are the module's own file-name constants (a rename cannot drift)."""
+    info = backends.BACKENDS[name]
+    module = importlib.import_module(info.module)
+    written = {v for k, v in vars(module).items() if k.isupper() and isinstance(v, str)}
+    assert set(info.triton.files) <= written, (set(info.triton.files), written)
 
 
 def test_an_option_shared_by_backends_is_one_flag_of_one_kind():
@@ -85,9 +126,13 @@ def test_option_choices_match_what_the_backends_implement():
 
 
 def test_cli_build_flags_come_from_the_table():
+    import click
+
     from rexnet_deploy.cli import main
 
-    params = {p.name: p for p in main.commands["build"].params}
+    command = main.commands["build"]
+    with click.Context(command) as ctx:
+        params = {p.name: p for p in command.get_params(ctx)}
     for info in backends.BACKENDS.values():
         for o in info.options:
             assert o.name in params, o.name
@@ -119,7 +164,8 @@ def test_options_are_validated_once_before_the_model_is_built(monkeypatch, stop_
     with pytest.raises(_Stop):
         build(_model(), BuildSpec(backend=backend, precision=precision), tmp_path / "e",
               calib=calib_dir if precision == "int8" else None, backend_options=options)
-    assert calls == [options]
+    assert calls == [backends.defaults(info, options)]  # every declared option, defaults filled in
+    assert set(calls[0]) == {o.name for o in info.options}
 
 
 def test_validate_returns_every_declared_option_with_its_default():
@@ -171,7 +217,8 @@ def test_backend_validate_has_one_call_site():
     ("tensorrt", "int8", {"recipe": "fast"}, "--recipe must be one of rexnet, modelopt, qad"),
     ("tensorrt", "fp16", {"recipe": "rexnet"}, "--recipe is for --int8 builds"),
     ("torchscript", "fp32", {"recipe": "rexnet"}, "the torchscript backend takes no build options (--recipe)"),
-    ("openvino", "fp32", {"preset": "mixed"}, "--preset only apply to --int8 builds"),
+    ("openvino", "fp32", {"preset": "mixed"}, "--preset is for --int8 builds"),
+    ("openvino", "fp32", {"preset": "mixed", "subset_size": 8}, "--preset, --subset-size are for --int8 builds"),
     ("openvino", "int8", {"preset": "fast"}, "--preset must be one of performance, mixed, got 'fast'"),
     ("tensorrt", "fp16", {"calib_method": "max"}, "--calib-method is for --int8 builds"),
     ("tensorrt", "fp16", {"opt_level": 9}, "--opt-level must be 0..5"),
@@ -190,6 +237,29 @@ def test_bad_options_are_refused_before_the_model_is_built(stop_before_model, ca
         build(_model(), spec, tmp_path / "e", calib=calib, backend_options=options)
     assert message in str(exc.value) and "\n" not in str(exc.value)
     assert not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize("backend,device,message", [
+    ("openvino", "cuda", "the openvino backend builds CPU engines; --device cuda is not supported (use --device cpu)"),
+    ("onnxruntime", "cuda", "the onnxruntime backend builds CPU engines; --device cuda is not supported"),
+    ("tensorrt", "cpu", "the tensorrt backend builds CUDA engines; --device cpu is not supported (use --device cuda)"),
+    ("torchscript", "tpu", "the torchscript backend builds CPU and CUDA engines; --device tpu is not supported "
+                           "(use --device cpu or cuda)"),
+])
+def test_the_device_is_a_table_rule(stop_before_model, tmp_path, backend, device, message):
+    with pytest.raises(UsageError) as exc:
+        build(_model(), BuildSpec(backend=backend, device=device), tmp_path / "e")
+    assert message in str(exc.value)
+
+
+def test_the_head_is_a_table_rule():
+    import dataclasses
+
+    ov = dataclasses.replace(backends.get("openvino"), heads=("classify",))
+    with pytest.raises(UsageError, match=r"backend openvino does not support --head embed \(it supports classify\)"):
+        backends.check_spec(ov, BuildSpec(backend="openvino"), head="embed")
+    backends.check_spec(ov, BuildSpec(backend="openvino"), head="classify")
+    backends.check_spec(backends.get("openvino"), BuildSpec(backend="openvino"), head="embed")
 
 
 def test_opt_batch_is_a_table_rule():

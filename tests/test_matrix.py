@@ -8,7 +8,7 @@ import json
 import pytest
 
 from rexnet_deploy.harness.plot import FrontierPoint, pareto_front
-from rexnet_deploy.matrix import frontier_points, markdown
+from rexnet_deploy.matrix import candidates, frontier_points, markdown
 
 from .conftest import expect_error, run_cli
 
@@ -34,6 +34,13 @@ def _result(rows: list[dict], eval_images: str | None) -> dict:
 
 ROWS = [_row("onnxruntime/fp32", 100.0, 1.0, 0.9), _row("openvino/int8", 300.0, 0.95, 0.5, refused="gate failed"),
         {"engine": "tensorrt/fp16", "skipped": "no GPU"}, {"engine": "openvino/bf16", "failed": "boom"}]
+
+
+def test_candidates_are_the_rows_measured_precisions_in_table_order():
+    assert candidates() == [("torchscript", "fp32"), ("torchscript", "fp16"), ("openvino", "fp32"), ("openvino", "fp16"),
+                            ("openvino", "bf16"), ("openvino", "int8"), ("onnxruntime", "fp32"), ("onnxruntime", "fp16"),
+                            ("onnxruntime", "int8"), ("tensorrt", "fp16"), ("tensorrt", "int8")]
+    assert candidates(["tensorrt", "openvino/int8"]) == [("openvino", "int8"), ("tensorrt", "fp16"), ("tensorrt", "int8")]
 
 
 def test_frontier_points_keep_refused_engines_flagged():

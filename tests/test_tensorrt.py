@@ -279,7 +279,7 @@ def test_an_engine_record_whose_io_does_not_fit_the_artifact_is_refused_on_any_h
     (["--batch", "1:64:32"], ["MIN <= OPT <= MAX"]),
     (["--batch", "1:x"], ["integers"]),
     (["--calib-method", "max"], ["--calib-method is for --int8"]),
-    (["--device", "cpu"], ["CUDA GPUs"]),
+    (["--device", "cpu"], ["builds CUDA engines", "use --device cuda"]),
     (["--opt-level", "9"], ["0..5"]),
     (["--int8", "--calib-cache", "missing.cache"], ["does not exist"]),
 ])

@@ -115,6 +115,19 @@ def _fake_tensorrt(src: Path, dst: Path, *, engine: bool) -> Path:
     return dst
 
 
+def test_each_artifact_is_planned_once(ort_fp32_path, ts_engine_path, tmp_path, monkeypatch):
+    """The target, batch limit and instance kind are worked out once per artifact and written as such."""
+    import rexnet_deploy.triton as triton
+
+    looked_up = []
+    real = triton._target
+    monkeypatch.setattr(triton, "_target", lambda artifact: looked_up.append(artifact.path) or real(artifact))
+    models = export_triton([ort_fp32_path, ts_engine_path], tmp_path / "repo", names=["a", "b"], max_batch=3)
+    assert looked_up == [ort_fp32_path, ts_engine_path]
+    assert [(m.platform, m.max_batch_size, m.kind) for m in models] == [("onnxruntime_onnx", 3, "KIND_CPU"),
+                                                                         ("pytorch_libtorch", 3, "KIND_CPU")]
+
+
 def test_tensorrt_plan_config(ort_fp32_path, tmp_path):
     trt = _fake_tensorrt(ort_fp32_path, tmp_path / "trt", engine=True)
     (model,) = export_triton([trt], tmp_path / "repo")

@@ -1,9 +1,13 @@
-"""The one table of backends. Adding a backend is one module here and one row below.
+"""The one table of backends. Adding a backend is one module and one row: below, or
+:func:`register` for a backend that lives elsewhere.
 
-Each row is a :class:`BackendInfo`: the backend's precisions, the pip extra and modules it needs,
-and its build options (:class:`~rexnet_deploy.backends.base.Option` rows, from which the CLI makes
-its ``build`` flags). Each module follows the protocol of :mod:`rexnet_deploy.backends.base`:
-``validate``, ``host_problem``, ``build`` and ``ENGINE``.
+Each row is a :class:`BackendInfo`, the one source of a backend's facts: its precisions, heads and
+devices, the pip extra and modules it needs, its build options
+(:class:`~rexnet_deploy.backends.base.Option` rows, from which the CLI makes its ``build`` flags,
+with their defaults), the precisions ``matrix`` measures and its Triton target. The generic checks
+of a build run here (:func:`check_spec`, :func:`validate`); each module follows the protocol of
+:mod:`rexnet_deploy.backends.base` (``validate``, ``host_problem``, ``build`` and ``ENGINE``) and
+checks only its own rules.
 
 Modules are imported only when used, so a missing backend library never breaks the others.
 """
@@ -17,7 +21,8 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ArtifactError, BackendUnavailable, UsageError
-from .base import Option, flags, with_defaults
+from ..spec import HEADS
+from .base import Option, TritonTarget, flags, outside_precision, with_defaults
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..spec import BuildSpec
@@ -35,13 +40,25 @@ class BackendInfo:
     build_imports: tuple[str, ...]    # modules a build needs beyond the runtime's (the ``build`` extra)
     summary: str
     extra_build_imports: tuple[str, ...] = ()  # build-only modules that come with ``extra`` (e.g. nncf)
-    default_device: str = "cpu"
+    devices: tuple[str, ...] = ("cpu",)  # what --device may be; the first is the default
+    heads: tuple[str, ...] = HEADS
     options: tuple[Option, ...] = ()  # its build options: flags, types, defaults, precisions
     batch_opt: bool = False           # takes --batch MIN:OPT:MAX (an optimization profile's OPT)
     # what `build` still makes on a host where host_problem() rules out every precision (listed
     # by `backends`, named in matrix's skip reason); None: the backend is unusable there
     host_fallback: str | None = None
     runtime_extra: str | None = None  # pip extra with the runtime alone (serving replicas); None: ``extra``
+    matrix_precisions: tuple[str, ...] | None = None  # what ``matrix`` measures; None: every precision
+    triton: TritonTarget | None = None  # how ``export-triton`` writes its artifacts; None: it cannot
+
+    @property
+    def default_device(self) -> str:
+        return self.devices[0]
+
+    @property
+    def measured_precisions(self) -> tuple[str, ...]:
+        """The precisions ``matrix`` builds, in table order."""
+        return self.precisions if self.matrix_precisions is None else self.matrix_precisions
 
     def available(self, *, for_build: bool = False) -> bool:
         mods = self.runtime_imports + (self.build_imports + self.extra_build_imports if for_build else ())
@@ -103,6 +120,8 @@ BACKENDS: dict[str, BackendInfo] = {
         runtime_imports=("torch",),
         build_imports=("timm",),
         summary="traced + frozen TorchScript (libtorch services load it); FP16 on CUDA",
+        devices=("cpu", "cuda"),
+        triton=TritonTarget("pytorch_libtorch", {"model.ts": "model.pt"}, positional_names=True),
     ),
     "openvino": BackendInfo(
         name="openvino",
@@ -116,6 +135,10 @@ BACKENDS: dict[str, BackendInfo] = {
         runtime_extra="openvino-runtime",
         summary="OpenVINO IR for Intel CPUs; FP32 pinned to f32, FP16 weights, BF16, INT8 via NNCF; no torch at runtime",
         options=_OPENVINO_OPTIONS,
+        # the precision the engine was checked at: the CPU plugin's own default may be bf16/f16 on
+        # AMX hosts (measured here: logits off by 2e-4 without it)
+        triton=TritonTarget("openvino", {"model.xml": "model.xml", "model.bin": "model.bin"}, uses_backend_field=True,
+                            parameters={"INFERENCE_PRECISION_HINT": "inference_precision_hint"}),
     ),
     "onnxruntime": BackendInfo(
         name="onnxruntime",
@@ -130,6 +153,7 @@ BACKENDS: dict[str, BackendInfo] = {
         summary="ONNX graph on ONNX Runtime CPU; FP16 (ModelOpt autocast); INT8 as QDQ with uint8 activations "
                 "(the CPU-fast format) or, with --qad-steps, the distilled int8 Q/DQ graph; no torch at runtime",
         options=(_QAD_QDQ,),
+        triton=TritonTarget("onnxruntime_onnx", {"model.onnx": "model.onnx"}),
     ),
     "tensorrt": BackendInfo(
         name="tensorrt",
@@ -144,10 +168,14 @@ BACKENDS: dict[str, BackendInfo] = {
         extra_build_imports=("modelopt", "onnx", "onnxruntime"),
         summary="strongly typed TensorRT engine from an FP16 or INT8 Q/DQ ONNX graph (ModelOpt); "
                 "on hosts without a GPU: the graph, checked on ONNX Runtime CPU",
-        default_device="cuda",
+        devices=("cuda",),
         options=_TENSORRT_OPTIONS,
         batch_opt=True,
         host_fallback="graphs only",
+        matrix_precisions=("fp16", "int8"),  # a strongly typed FP32 engine is not worth a matrix row
+        triton=TritonTarget("tensorrt_plan", {"model.engine": "model.plan"}, requires=(
+            "engine", "holds no TensorRT engine (only its graph: built without a TensorRT GPU host or with --onnx-only); "
+                      "build it on a TensorRT GPU host, or load it there once with --rebuild-engine, then export")),
     ),
 }
 ALIASES = {"ts": "torchscript", "jit": "torchscript", "ov": "openvino", "ort": "onnxruntime", "onnx": "onnxruntime", "trt": "tensorrt"}
@@ -167,18 +195,36 @@ def check_precision(info: BackendInfo, precision: str) -> None:
         )
 
 
-def check_spec(info: BackendInfo, spec: "BuildSpec") -> None:
+def register(info: BackendInfo) -> None:
+    """Add a backend row (its module follows :mod:`.base`'s protocol); :func:`unregister` undoes it."""
+    if info.name in BACKENDS or info.name in ALIASES:
+        raise UsageError(f"a backend named {info.name!r} is already registered")
+    BACKENDS[info.name] = info
+
+
+def unregister(name: str) -> BackendInfo:
+    """Remove a backend added by :func:`register`; returns its row."""
+    return BACKENDS.pop(name)
+
+
+def check_spec(info: BackendInfo, spec: "BuildSpec", *, head: str | None = None) -> None:
     """What the table alone can say about a BuildSpec (before any backend module is imported)."""
     check_precision(info, spec.precision)
+    if head is not None and head not in info.heads:
+        raise UsageError(f"backend {info.name} does not support --head {head} (it supports {', '.join(info.heads)})")
     if spec.batch_opt is not None and not info.batch_opt:
         takers = "/".join(i.title for i in BACKENDS.values() if i.batch_opt)
         raise UsageError(f"--batch MIN:OPT:MAX sets a {takers} profile; use MIN:MAX for {info.name}")
 
 
+_DEVICE_KINDS = {"cpu": "CPU", "cuda": "CUDA"}
+
+
 def validate(info: BackendInfo, module: "BackendModule", spec: "BuildSpec",
              options: dict[str, Any] | None) -> dict[str, Any]:
     """The one validation of a build's backend options: the generic checks of the table (known
-    names, choices), then the backend's own ``validate``; returns its normalised options."""
+    names, choices, the device, options outside their precision), then the backend's own
+    ``validate`` on every declared option, defaults filled in; returns its normalised options."""
     given = {k: v for k, v in (options or {}).items() if v is not None}
     unknown = set(given) - {o.name for o in info.options}
     if unknown:
@@ -190,11 +236,20 @@ def validate(info: BackendInfo, module: "BackendModule", spec: "BuildSpec",
         for value in (values if o.multiple else (values,)):
             if o.choices and o.name in given and value not in o.choices:
                 raise UsageError(f"{o.cli_flag} must be one of {', '.join(o.choices)}, got {value!r}")
-    return module.validate(spec, given)
+    if spec.device not in info.devices:
+        kinds = " and ".join(_DEVICE_KINDS.get(d, d) for d in info.devices)
+        raise UsageError(f"the {info.name} backend builds {kinds} engines; --device {spec.device} is not supported "
+                         f"(use --device {' or '.join(info.devices)})")
+    wrong = outside_precision(info.options, spec.precision, given)
+    if wrong:
+        where = "/".join("--" + p for p in wrong[0].precisions)
+        raise UsageError(f"{', '.join(o.cli_flag for o in wrong)} {'is' if len(wrong) == 1 else 'are'} "
+                         f"for {where} builds")
+    return module.validate(spec, defaults(info, given))
 
 
 def defaults(info: BackendInfo, options: dict[str, Any]) -> dict[str, Any]:
-    """``options`` with every declared option present (backends' ``validate`` starts from this)."""
+    """``options`` with every declared option present (what backends' ``validate`` receives)."""
     return with_defaults(info.options, options)
 
 

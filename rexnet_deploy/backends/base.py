@@ -3,10 +3,11 @@ row (:class:`rexnet_deploy.backends.BackendInfo`) declares.
 
 A backend module provides four things (compare Polygraphy's one runner per backend):
 
-* ``validate(spec, options) -> options`` — check the backend's build options against the
-  :class:`~rexnet_deploy.spec.BuildSpec` and return them normalised (every declared option
-  present, defaults filled in). The builder calls it once, before any model is built, after the
-  generic checks of :func:`rexnet_deploy.backends.validate` (precision, unknown names, choices);
+* ``validate(spec, options) -> options`` — the backend's own rules for its build options and the
+  :class:`~rexnet_deploy.spec.BuildSpec`; returns them normalised. It runs once, before any model
+  is built, after the generic checks of :func:`rexnet_deploy.backends.validate` (precision, head,
+  device, unknown names, choices, options outside their precision), and receives every declared
+  option with its default filled in;
 * ``host_problem(precision) -> str | None`` — why this host cannot build *and run* engines of that
   precision (no CUDA, no bf16, no TensorRT GPU), or None. ``matrix`` skips on it, ``backends``
   lists it;
@@ -14,19 +15,23 @@ A backend module provides four things (compare Polygraphy's one runner per backe
   model into payload files in ``writer`` and return the backend's part of the manifest (``calib``
   is a loaded :class:`~rexnet_deploy.calibration.CalibrationSet` for INT8; ``options`` are what
   ``validate`` returned; ``log`` is a :class:`~rexnet_deploy.log.BuildLog`);
-* ``ENGINE`` — the :class:`~rexnet_deploy.engine.Engine` subclass that ``Engine.load`` returns.
+* ``ENGINE`` — the :class:`~rexnet_deploy.engine.Engine` subclass that ``Engine.load`` returns;
+  its ``_setup``'s named parameters are its load options (any other is refused, once, by
+  :func:`check_load_options`).
 
 Its options are declared in its registry row as :class:`Option` rows (the "arguments per format"
 table): the CLI makes its ``build`` flags from them, defaults live there, and the generic checks
-read them. A new INT8 option is one row there plus its use in the backend.
+read them. A new INT8 option is one row there plus its use in the backend. How its artifacts
+become Triton models is the row's :class:`TritonTarget`.
 """
 
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
-from types import ModuleType
-from typing import TYPE_CHECKING, Any, Iterable, Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Protocol
+
+from ..errors import UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..artifact import ArtifactWriter
@@ -68,8 +73,22 @@ class Option:
         return not self.precisions or precision in self.precisions
 
 
+@dataclass(frozen=True)
+class TritonTarget:
+    """How a backend's artifact becomes a Triton model (its row's ``triton``; None: not exportable)."""
+
+    platform: str                  # the ``platform`` string (``backend`` where Triton has no platform)
+    files: Mapping[str, str]       # artifact file → file name in the version folder (Triton's defaults)
+    uses_backend_field: bool = False  # openvino has no platform name: ``backend: "openvino"``
+    positional_names: bool = False    # libtorch: INPUT__0 / OUTPUT__k
+    # Triton parameter → the manifest's ``backend_config`` key holding its value (set ones are written)
+    parameters: Mapping[str, str] = field(default_factory=dict)
+    # (backend_config key, why not) — an artifact whose key is empty cannot be exported
+    requires: tuple[str, str] | None = None
+
+
 class BackendModule(Protocol):
-    """What ``importlib.import_module(info.module)`` must return (checked by :func:`missing_verbs`)."""
+    """What ``importlib.import_module(info.module)`` must return (tests check it against :data:`VERBS`)."""
 
     ENGINE: "type[Engine]"
 
@@ -90,26 +109,18 @@ VERBS: dict[str, tuple[str, ...] | None] = {
 }
 
 
-def missing_verbs(module: ModuleType) -> list[str]:
-    """What ``module`` lacks of the protocol: a missing verb, one with other parameters, or an
-    ENGINE that is not an Engine subclass. Empty for a complete backend."""
-    from ..engine import Engine
+def load_options(engine: type) -> list[str]:
+    """The options ``Engine.load`` passes on to an engine class: its ``_setup``'s named parameters."""
+    params = inspect.signature(engine._setup).parameters.values()  # type: ignore[attr-defined]
+    return [p.name for p in params if p.name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
-    problems = []
-    for verb, params in VERBS.items():
-        obj = getattr(module, verb, None)
-        if obj is None:
-            problems.append(f"{verb} is missing")
-        elif params is None:
-            if not (isinstance(obj, type) and issubclass(obj, Engine)):
-                problems.append(f"{verb} is not an Engine subclass")
-        elif not callable(obj):
-            problems.append(f"{verb} is not callable")
-        else:
-            have = tuple(inspect.signature(obj).parameters)
-            if have != params:
-                problems.append(f"{verb} takes ({', '.join(have)}), not ({', '.join(params)})")
-    return problems
+
+def check_load_options(engine: type, backend: str, options: dict[str, Any]) -> None:
+    """The one check of every engine's load options: a name its ``_setup`` does not take is refused."""
+    known = load_options(engine)
+    unknown = [name for name in options if name not in known]
+    if unknown:
+        raise UsageError(f"unknown {backend} options: {', '.join(unknown)} (known: {', '.join(known) or 'none'})")
 
 
 def flags(names: Iterable[str], table: Iterable[Option] = ()) -> list[str]:
@@ -118,9 +129,9 @@ def flags(names: Iterable[str], table: Iterable[Option] = ()) -> list[str]:
     return [declared.get(n, "--" + n.replace("_", "-")) for n in sorted(names)]
 
 
-def outside_precision(table: Iterable[Option], precision: str, options: dict[str, Any]) -> list[str]:
-    """Flags of the given options that do not apply to ``precision`` (in table order)."""
-    return [o.cli_flag for o in table if _given(options.get(o.name)) and not o.applies_to(precision)]
+def outside_precision(table: Iterable[Option], precision: str, options: dict[str, Any]) -> list[Option]:
+    """The given options that do not apply to ``precision`` (in table order)."""
+    return [o for o in table if _given(options.get(o.name)) and not o.applies_to(precision)]
 
 
 def with_defaults(table: Iterable[Option], options: dict[str, Any]) -> dict[str, Any]:

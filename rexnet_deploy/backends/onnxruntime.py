@@ -39,16 +39,8 @@ OPTIMIZED = "optimized.onnx"  # the cached graph, in the engine's cache folder
 
 
 def validate(spec: BuildSpec, options: dict[str, Any]) -> dict[str, Any]:
-    """CPU engines; FP16 and the distilled INT8 graph need ModelOpt; --qad-steps only for INT8."""
-    from . import get
-    from .base import outside_precision, with_defaults
-
-    if spec.device != "cpu":
-        raise UsageError(f"the onnxruntime backend builds CPU engines; --device {spec.device} is not supported")
-    wrong = outside_precision(get("onnxruntime").options, spec.precision, options)
-    if wrong:
-        raise UsageError(f"{wrong[0]} is for --int8 builds")
-    opts = with_defaults(get("onnxruntime").options, options)
+    """FP16 and the distilled INT8 graph need ModelOpt; --qad-steps in range."""
+    opts = dict(options)
     if (spec.precision == "fp16" or opts["qad_steps"] is not None) and importlib.util.find_spec("modelopt") is None:
         raise BackendUnavailable(f"onnxruntime {spec.precision} graphs are made by ModelOpt, which is not installed: "
                                  "pip install 'rexnet-deploy[trt]'")
@@ -154,9 +146,7 @@ class OnnxRuntimeEngine(Engine):
     optimizations off (ONNX Runtime's offline mode: the saved graph may hold this CPU's layout
     kernels, so the folder is keyed by runtime version and CPU, see :mod:`rexnet_deploy.cache`)."""
 
-    def _setup(self, *, threads: int | None = None, **options: Any) -> None:
-        if options:
-            raise UsageError(f"unknown onnxruntime options: {', '.join(options)} (known: threads, cache_dir)")
+    def _setup(self, *, threads: int | None = None) -> None:
         if self.device != "cpu":
             raise UsageError(f"onnxruntime engines run on cpu here, not {self.device}")
         import onnxruntime as ort

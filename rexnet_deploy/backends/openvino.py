@@ -30,7 +30,6 @@ import numpy as np
 
 from ..engine import Engine
 from ..errors import BackendUnavailable, BuildError, UsageError
-from .base import with_defaults
 from .openvino_convert import convert
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -46,21 +45,12 @@ RUNTIME_PRECISION = {"fp32": "f32", "int8": "f32", "bf16": "bf16", "fp16": None}
 
 # -- build ------------------------------------------------------------------------------------
 def validate(spec: BuildSpec, options: dict[str, Any]) -> dict[str, Any]:
-    """CPU engines only; the INT8 options (see :mod:`.openvino_int8`) only for INT8 builds."""
-    if spec.device != "cpu":
-        raise UsageError(f"the openvino backend builds CPU engines; --device {spec.device} is not supported")
-    from . import get
-    from .base import outside_precision
-
-    info = get("openvino")
-    wrong = outside_precision(info.options, spec.precision, options)
-    if wrong:
-        raise UsageError(f"{', '.join(wrong)} only apply to --int8 builds")
+    """The INT8 options' own rules (see :mod:`.openvino_int8`); other precisions take none."""
     if spec.precision != "int8":
         return {}
     from .openvino_int8 import validate as validate_int8
 
-    return validate_int8(with_defaults(info.options, options))
+    return validate_int8(options)
 
 
 def host_problem(precision: str) -> str | None:
@@ -167,9 +157,7 @@ class OpenVINOEngine(Engine):
     next process instead of compiled again."""
 
     def _setup(self, *, mode: str = "auto", threads: int | None = None, streams: int | None = None,
-               throughput_batch: int = 8, **options: Any) -> None:
-        if options:
-            raise UsageError(f"unknown openvino options: {', '.join(options)} (known: mode, threads, streams, throughput_batch)")
+               throughput_batch: int = 8) -> None:
         if mode not in MODES:
             raise UsageError(f"openvino mode must be one of {', '.join(MODES)}, got {mode!r}")
         if self.device != "cpu":

@@ -47,18 +47,11 @@ def host_problem(precision: str) -> str | None:
 
 
 def validate(spec: BuildSpec, options: dict[str, Any]) -> dict[str, Any]:
-    """CUDA engines; the INT8-only options only for INT8; values in range. Returns every option,
-    defaults filled in (the timing cache: this user's shared one)."""
-    from . import _trt, get
-    from .base import outside_precision, with_defaults
+    """Values in range, the INT8 recipe resolved; returns every option (the timing cache: this
+    user's shared one by default)."""
+    from . import _trt
 
-    info = get("tensorrt")
-    if spec.device != "cuda":
-        raise UsageError(f"TensorRT engines run on CUDA GPUs; --device {spec.device} is not supported (use --device cuda)")
-    wrong = outside_precision(info.options, spec.precision, options)
-    if wrong:
-        raise UsageError(f"{wrong[0]} is for --int8 builds")
-    opts = with_defaults(info.options, options)
+    opts = dict(options)
     if opts["calib_cache"] is not None and not Path(opts["calib_cache"]).is_file():
         raise UsageError(f"--calib-cache {opts['calib_cache']} does not exist")
     opts["recipe"] = _resolve_recipe(opts)
@@ -150,10 +143,7 @@ class TensorRTEngine(Engine):
     host's GPU and TensorRT, and store the new engine in the artifact), ``cuda_graph`` (capture
     one CUDA graph per batch size on first use)."""
 
-    def _setup(self, *, emulate: bool = False, rebuild_engine: bool = False, cuda_graph: bool = False,
-               **options: Any) -> None:
-        if options:
-            raise UsageError(f"unknown tensorrt options: {', '.join(options)} (known: emulate, rebuild_engine, cuda_graph)")
+    def _setup(self, *, emulate: bool = False, rebuild_engine: bool = False, cuda_graph: bool = False) -> None:
         self._runner = None
         if emulate:
             if rebuild_engine or cuda_graph:
