@@ -65,10 +65,10 @@ class ExportedModel:
 
 def triton_io_names(artifact: Artifact) -> tuple[str, list[str]]:
     """The input and output names the Triton config uses (positional ones for libtorch)."""
-    outputs = [o["name"] for o in artifact.manifest["outputs"]]
+    outputs = [o.name for o in artifact.manifest.outputs]
     if TARGETS[artifact.backend].positional_names:
         return "INPUT__0", [f"OUTPUT__{k}" for k in range(len(outputs))]
-    return artifact.manifest["input"]["name"], outputs
+    return artifact.manifest.input.name, outputs
 
 
 def _target(artifact: Artifact) -> TritonTarget:
@@ -76,7 +76,7 @@ def _target(artifact: Artifact) -> TritonTarget:
     if target is None:
         raise UsageError(f"{artifact.path}: cannot export a {artifact.backend!r} artifact to Triton "
                          f"(supported: {', '.join(TARGETS)})")
-    if artifact.backend == "tensorrt" and not (artifact.manifest.get("backend_config") or {}).get("engine"):
+    if artifact.backend == "tensorrt" and not artifact.manifest.backend_config.get("engine"):
         raise ArtifactError(f"{artifact.path} holds no TensorRT engine (only its graph: built without a TensorRT GPU "
                             "host or with --onnx-only); build it on a TensorRT GPU host, or load it there once with "
                             "--rebuild-engine, then export")
@@ -84,10 +84,10 @@ def _target(artifact: Artifact) -> TritonTarget:
 
 
 def _max_batch(artifact: Artifact, requested: int | None) -> int:
-    lo, hi = artifact.manifest["input"]["batch"]
+    lo, hi = artifact.manifest.input.batch
     if artifact.backend == "tensorrt":
         # the engine's optimization profile is a hard limit; Triton batches anything from 1 up
-        profile = artifact.manifest["backend_config"].get("profile") or {}
+        profile = artifact.manifest.backend_config.get("profile") or {}
         hi = min(hi, int(profile.get("max", hi)))
         if int(profile.get("min", lo)) > 1:
             raise UsageError(f"{artifact.path}: its TensorRT profile starts at batch {profile['min']}, but Triton sends "
@@ -114,7 +114,7 @@ def _parameters(artifact: Artifact) -> dict[str, str]:
     own default may be bf16/f16 on AMX hosts (measured here: logits off by 2e-4 without it)."""
     if artifact.backend != "openvino":
         return {}
-    hint = (artifact.manifest.get("backend_config") or {}).get("inference_precision_hint")
+    hint = artifact.manifest.backend_config.get("inference_precision_hint")
     return {"INFERENCE_PRECISION_HINT": hint} if hint else {}
 
 
@@ -125,22 +125,22 @@ def config_text(artifact: Artifact, name: str, *, max_batch: int | None = None, 
     m = artifact.manifest
     batch = _max_batch(artifact, max_batch)
     in_name, out_names = triton_io_names(artifact)
-    gpu = artifact.backend == "tensorrt" or str(m.get("device", "cpu")).startswith("cuda")
+    gpu = artifact.backend == "tensorrt" or str(m.device).startswith("cuda")
     kind = "KIND_GPU" if gpu else "KIND_CPU"
     lines = [f'name: "{name}"',
              f'backend: "{target.platform}"' if target.uses_backend_field else f'platform: "{target.platform}"',
              f"max_batch_size: {batch}",
              "input [",
-             f'  {{ name: "{in_name}", data_type: {_dtype(m["input"]["dtype"], str(artifact.path))}, '
-             f'dims: {_dims(m["input"]["shape"])} }}',
+             f'  {{ name: "{in_name}", data_type: {_dtype(m.input.dtype, str(artifact.path))}, '
+             f'dims: {_dims(m.input.shape)} }}',
              "]",
              "output ["]
     outs = []
-    for k, (spec, out_name) in enumerate(zip(m["outputs"], out_names)):
+    for k, (spec, out_name) in enumerate(zip(m.outputs, out_names)):
         # logits + labels.txt: Triton's classification extension can answer top-k with names
-        label = ', label_filename: "labels.txt"' if labels and k == 0 and m["model"]["head"] == "classify" else ""
-        outs.append(f'  {{ name: "{out_name}", data_type: {_dtype(spec.get("dtype", "float32"), str(artifact.path))}, '
-                    f'dims: {_dims(spec["shape"])}{label} }}')
+        label = ', label_filename: "labels.txt"' if labels and k == 0 and m.model.head == "classify" else ""
+        outs.append(f'  {{ name: "{out_name}", data_type: {_dtype(spec.dtype, str(artifact.path))}, '
+                    f'dims: {_dims(spec.shape)}{label} }}')
     lines += [",\n".join(outs), "]",
               f"instance_group [ {{ count: {instances}, kind: {kind} }} ]",
               *[f'parameters {{ key: "{k}", value: {{ string_value: "{v}" }} }}' for k, v in _parameters(artifact).items()],
@@ -167,7 +167,7 @@ def _can_parse() -> bool:
 
 def _write_model(artifact: Artifact, name: str, folder: Path, *, validate: bool, **options: Any) -> ExportedModel:
     target = _target(artifact)
-    has_labels = bool((artifact.manifest.get("labels") or {}).get("file"))
+    has_labels = bool((artifact.manifest.labels or {}).get("file"))
     text = config_text(artifact, name, labels=has_labels, **options)
     if validate:
         try:
@@ -180,8 +180,8 @@ def _write_model(artifact: Artifact, name: str, folder: Path, *, validate: bool,
             raise ArtifactError(f"{artifact.path} is missing its payload file {src}")
         shutil.copyfile(artifact.file(src), folder / VERSION / dst)
     if has_labels:
-        shutil.copyfile(artifact.file(artifact.manifest["labels"]["file"]), folder / "labels.txt")
-    (folder / PREPROCESS).write_text(json.dumps(artifact.manifest["preprocess"], indent=2) + "\n")
+        shutil.copyfile(artifact.file(artifact.manifest.labels["file"]), folder / "labels.txt")
+    (folder / PREPROCESS).write_text(json.dumps(artifact.manifest.preprocess, indent=2) + "\n")
     (folder / CONFIG).write_text(text)
     kind = "KIND_GPU" if "KIND_GPU" in text else "KIND_CPU"
     return ExportedModel(name, folder, target.platform, int(re.search(r"max_batch_size: (\d+)", text)[1]), kind)

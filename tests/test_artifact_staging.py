@@ -97,7 +97,7 @@ def test_the_owner_record_is_not_published_with_the_artifact(tmp_path):
         assert json.loads((writer.tmp / OWNER).read_text())["pid"] == os.getpid()
         writer.path("payload.bin").write_bytes(b"engine")
         art = writer.finalize({"backend": "x"})
-        assert set(art.manifest["files"]) == {"payload.bin"}
+        assert set(art.manifest.files) == {"payload.bin"}
         writer.publish()
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "payload.bin"]
     assert not any(".building-" in p.name for p in tmp_path.iterdir())
