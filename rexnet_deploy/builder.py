@@ -150,7 +150,7 @@ def compile(
 
 def verify(
     engine: Engine,
-    reference: "TorchReference",
+    reference: "TorchReference | None" = None,
     *,
     calib_set: calibration.CalibrationSet | None = None,
     check: bool = True,
@@ -162,12 +162,16 @@ def verify(
     measure_refused: bool = False,
     log: LogLike = None,
 ) -> dict[str, Any]:
-    """Check ``engine`` against ``reference`` (the gate), evaluate it on ``eval_images`` and
-    benchmark it at ``bench_batches``, each report stored in its artifact's manifest; returns the
-    reports. An engine calibrated on ``calib_set`` checks on its held-out images unless
+    """Check ``engine`` against ``reference`` (the gate; None: rebuilt from the manifest's model
+    record), evaluate it on ``eval_images`` and benchmark it at ``bench_batches``, each report
+    stored in its artifact's manifest; returns the reports. An engine calibrated on ``calib_set`` checks on its held-out images unless
     ``check_options`` names images (see :func:`build`). A failed gate raises GateFailed; with
     ``measure_refused``, only after the evaluation and the benchmark, carrying their reports."""
     log = as_build_log(log)
+    if reference is None:
+        from .harness.reference import TorchReference
+
+        reference = TorchReference.from_manifest(engine.manifest)
     refused = None
     if check:
         report = _gate_check(engine, reference, calib_set, dict(check_options or {}), check_size, log)

@@ -30,9 +30,9 @@ import numpy as np
 
 from . import backends
 from .artifact import Artifact, load_artifact
-from .manifest import Manifest
 from .errors import ArtifactError, InputError, RexnetDeployError, UsageError, one_line
 from .images import LoadedImages, expand_paths, load_images
+from .manifest import Manifest
 from .preprocess import PreprocessConfig, preprocess_batch
 
 

@@ -159,7 +159,10 @@ def test_the_three_stages_compile_verify_publish(tmp_path):
         engine = publish(staged)
     with engine:
         assert engine.artifact.path == out and engine.manifest.reports["check"]["n_images"] == 2
-    assert load_artifact(out).manifest.reports == reports and _leftovers(tmp_path) == []
+        assert load_artifact(out).manifest.reports == reports and _leftovers(tmp_path) == []
+        # verify alone, on a published engine: the reference comes from its manifest's model record
+        again = verify(engine, check_options={"synthetic": 3})
+    assert again["check"]["n_images"] == 3 and load_artifact(out).manifest.reports == again
     with compile(ModelSpec(weights=WeightsSpec("random")), BuildSpec(batch=(1, 2)), tmp_path / "discarded"):
         pass
     assert not (tmp_path / "discarded").exists() and _leftovers(tmp_path) == []
