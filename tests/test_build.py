@@ -183,3 +183,14 @@ def test_build_and_matrix_check_on_the_same_held_out_images(calib_dir):
     assert loaded_set.overlap(loaded["images"]) == 0
     assert held_out_check(select(calib_dir, 40)) is None  # every image calibrates
     assert held_out_check(select(calib_dir, 24), labels="l.csv")["labels"] == "l.csv"
+
+
+def test_matrix_checks_every_engine_on_the_held_out_images_of_calib(tmp_path, calib_dir):
+    """Without --images, the matrix checks even an FP32 engine on the calibration source's held-out
+    images: the selection an INT8 build of the same source makes (40 images, 24 calibrate)."""
+    from rexnet_deploy import matrix
+
+    result = matrix.run(ModelSpec(weights=WeightsSpec("random")), tmp_path / "m", calib=str(calib_dir), calib_size=24,
+                        only=["torchscript/fp32"], batches=(1,), seconds=0.1)
+    assert result["check_images"] == f"16 held-out images of {calib_dir}"
+    assert result["rows"][0]["check"]["n"] == 16 and result["rows"][0]["gate"] is True
