@@ -56,7 +56,7 @@ def main() -> None:
                        out / label.replace("/", "-"), force=True, calib=args.calib, backend_options=dict(options),
                        eval_images=args.eval, check_options={"gate": {"top1_agreement": 0.0, "cosine_min": 0.0}})
         seconds = time.perf_counter() - t0
-        reports = engine.manifest["reports"]
+        reports = engine.manifest.reports
         row = {"recipe": label, "note": note, "build_s": round(seconds),
                "held_out": summary(reports["check"]), "eval": summary(reports["eval"])}
         if batches and not engine.emulation:

@@ -65,7 +65,7 @@ def test_engine(benchmark, key, batch, engines, reference_p50):
     x = batch_of(batch)
     engine(x)
     benchmark.pedantic(engine, args=(x,), rounds=max(5, 48 // batch), warmup_rounds=2)
-    metrics = (engine.manifest["reports"].get("check") or {}).get("metrics", {})
+    metrics = (engine.manifest.reports.get("check") or {}).get("metrics", {})
     benchmark.extra_info.update({"engine": key, "batch": batch,
                                  "top1_agreement": metrics.get("top1_agreement"),
                                  "cosine_min": metrics.get("cosine_min")})

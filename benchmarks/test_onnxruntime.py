@@ -58,11 +58,11 @@ def test_int8_batch1_half_of_eager(ort_times):
 
 
 def test_fp32_graph_equals_pytorch(ort_fp32):
-    assert ort_fp32.manifest["backend_config"]["export"]["max_abs_error_vs_torch"] <= 1e-4
-    assert ort_fp32.manifest["reports"]["check"]["metrics"]["top1_agreement"] == 1.0
+    assert ort_fp32.manifest.backend_config["export"]["max_abs_error_vs_torch"] <= 1e-4
+    assert ort_fp32.manifest.reports["check"]["metrics"]["top1_agreement"] == 1.0
 
 
 @pytest.mark.skipif(not HAVE_SHARED, reason="agreement targets need the trained stand-in weights and real photos (../shared)")
 def test_int8_agreement_target(ort_int8):
-    m = ort_int8.manifest["reports"]["check"]["metrics"]
+    m = ort_int8.manifest.reports["check"]["metrics"]
     assert m["top1_agreement"] >= 0.97 and m["cosine_min"] >= 0.98, m

@@ -116,13 +116,13 @@ def test_openvino_faster_than_eager(ov_ratios):
 
 
 def test_fp32_is_exact(ov_fp32):
-    m = ov_fp32.manifest["reports"]["check"]["metrics"]
+    m = ov_fp32.manifest.reports["check"]["metrics"]
     assert m["top1_agreement"] == 1.0 and m["cosine_min"] >= 0.9999
 
 
 @pytest.mark.skipif(not HAVE_SHARED, reason="agreement targets need the trained stand-in weights and real photos (../shared)")
 def test_int8_agreement_target(ov_int8):
-    report = ov_int8.manifest["reports"]["check"]
+    report = ov_int8.manifest.reports["check"]
     m = report["metrics"]
     assert report["n_images"] >= 100
     assert m["top1_agreement"] >= 0.97 and m["cosine_min"] >= 0.98, m

@@ -42,7 +42,7 @@ def trt_fp16_graph(tmp_path_factory, weights_arg):
 
 
 def _metrics(engine) -> dict:
-    report = engine.manifest["reports"]["check"]
+    report = engine.manifest.reports["check"]
     print(f"\n{engine.backend}/{engine.precision} on {report['n_images']} images "
           f"(emulation: {report['engine'].get('emulation')}): {report['metrics']}")
     return report["metrics"]

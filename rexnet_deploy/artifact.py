@@ -10,6 +10,7 @@ staging folders whose owner process is gone.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
@@ -24,10 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ArtifactError, BuildError, one_line
+from .manifest import SCHEMA, Manifest
 
 MANIFEST = "manifest.json"
-FORMAT = "rexnet-deploy-engine"
-SCHEMA = 1
 STAGING = ".building-"  # staging folders are ".{out.name}.building-XXXXXXXX" beside --out
 OWNER = ".building-owner.json"  # inside a staging folder: which process is building it
 OWNER_KIND = "rexnet-deploy-staging"
@@ -108,40 +108,40 @@ class Artifact:
     """A loaded artifact directory and its manifest."""
 
     path: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
 
     def file(self, name: str) -> Path:
         return self.path / name
 
     @property
     def backend(self) -> str:
-        return self.manifest["backend"]
+        return self.manifest.backend
 
     @property
     def precision(self) -> str:
-        return self.manifest["precision"]
+        return self.manifest.precision
 
     def save_manifest(self) -> None:
-        write_json_atomic(self.path / MANIFEST, self.manifest)
+        write_json_atomic(self.path / MANIFEST, self.manifest.to_json())
 
     def set_report(self, kind: str, report: dict[str, Any]) -> None:
         """Store a check/bench report in the manifest (re-read first: another process may have written)."""
         fresh = read_manifest(self.path)
-        fresh.setdefault("reports", {})[kind] = report
+        fresh.reports[kind] = report
         self.manifest = fresh
         self.save_manifest()
 
     def replace_file(self, name: str, src: str | os.PathLike, **manifest_updates: Any) -> None:
         """Move ``src`` into the artifact as ``name`` (atomically), record its checksum, apply
-        ``manifest_updates`` (top-level manifest keys) and save the manifest — e.g. an engine
-        recompiled from the artifact's stored graph on another host."""
+        ``manifest_updates`` (top-level manifest keys, JSON values) and save the manifest — e.g. an
+        engine recompiled from the artifact's stored graph on another host."""
         os.replace(src, self.file(name))
-        self.manifest.update(manifest_updates)
-        self.manifest["files"][name] = file_sha256(self.file(name))
+        self.manifest = self.manifest.updated(**manifest_updates)
+        self.manifest.files[name] = file_sha256(self.file(name))
         self.save_manifest()
 
 
-def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
+def read_manifest(path: str | os.PathLike) -> Manifest:
     root = Path(path)
     if not root.exists():
         raise ArtifactError(f"no such artifact: {root}")
@@ -151,44 +151,10 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     if not mf.is_file():
         raise ArtifactError(f"not an engine artifact (no {MANIFEST}): {root}")
     try:
-        manifest = json.loads(mf.read_text())
+        data = json.loads(mf.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"unreadable manifest {mf}: {one_line(exc)}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ArtifactError(f"not a rexnet-deploy artifact (foreign manifest): {mf}")
-    schema = manifest.get("schema")
-    if not isinstance(schema, int):
-        raise ArtifactError(f"manifest without a schema version: {mf}")
-    if schema > SCHEMA:
-        raise ArtifactError(
-            f"artifact schema {schema} is newer than this rexnet-deploy understands ({SCHEMA}); upgrade rexnet-deploy"
-        )
-    problem = _manifest_problem(manifest)
-    if problem:
-        raise ArtifactError(f"malformed manifest {mf}: {problem}")
-    return manifest
-
-
-def _manifest_problem(m: dict[str, Any]) -> str | None:
-    """The first structural problem of a manifest (a hand-edited or damaged one), or None."""
-    expected = {"backend": str, "precision": str, "model": dict, "input": dict, "outputs": list, "files": dict,
-                "preprocess": dict, "payload": str}
-    for key, kind in expected.items():
-        if not isinstance(m.get(key), kind):
-            return f"'{key}' is missing or not a {kind.__name__}"
-    inp = m["input"]
-    shape, batch = inp.get("shape"), inp.get("batch")
-    if not (isinstance(inp.get("name"), str) and isinstance(shape, list) and len(shape) == 4
-            and all(isinstance(v, int) for v in shape) and isinstance(batch, list) and len(batch) == 2
-            and all(isinstance(v, int) and v >= 1 for v in batch) and batch[0] <= batch[1]):
-        return "'input' needs a name, a 4-D integer shape and a batch [MIN, MAX]"
-    if not m["outputs"] or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in m["outputs"]):
-        return "'outputs' must list named outputs"
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in m["files"].items()):
-        return "'files' must map file names to sha256 strings"
-    if not isinstance(m["model"].get("head"), str) or not isinstance(m["model"].get("name"), str):
-        return "'model' needs a name and a head"
-    return None
+    return Manifest.from_json(data, source=mf)
 
 
 def load_artifact(path: str | os.PathLike, *, verify: bool = True) -> Artifact:
@@ -196,7 +162,7 @@ def load_artifact(path: str | os.PathLike, *, verify: bool = True) -> Artifact:
     root = Path(path)
     manifest = read_manifest(root)
     if verify:
-        verify_files(root, manifest["files"])
+        verify_files(root, manifest.files)
     return Artifact(root, manifest)
 
 
@@ -297,23 +263,24 @@ class ArtifactWriter:
     def path(self, name: str) -> Path:
         return self.tmp / name
 
-    def finalize(self, manifest: dict[str, Any]) -> Artifact:
-        """Checksum the payload and write the manifest, still in the temporary directory, so the
-        engine can be loaded and checked before it is published."""
+    def finalize(self, manifest: Manifest) -> Artifact:
+        """Checksum the payload and write the manifest (its ``created`` and ``files`` set here),
+        still in the temporary directory, so the engine can be loaded and checked before it is
+        published."""
         files = {}
         for p in sorted(self.tmp.rglob("*")):
             if p.is_file() and p.name != MANIFEST and p != self.tmp / OWNER:
                 files[p.relative_to(self.tmp).as_posix()] = file_sha256(p)
-        manifest = {"format": FORMAT, "schema": SCHEMA,
-                    "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                    **manifest, "files": files}
-        manifest.setdefault("reports", {})
+        manifest = dataclasses.replace(
+            manifest, schema=SCHEMA, files=files,
+            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
         self.artifact = Artifact(self.tmp, manifest)
         self.artifact.save_manifest()
         return self.artifact
 
     def publish(self) -> Artifact:
-        """Rename the finished artifact into place at ``out``."""
+        """Rename the finished artifact into place at ``out``; returns it with its manifest as
+        stored (the reports written since ``finalize`` included)."""
         os.chmod(self.tmp, 0o777 & ~_UMASK)
         (self.tmp / OWNER).unlink(missing_ok=True)  # bookkeeping of the build, not part of the artifact
         if self.out.exists():
@@ -324,7 +291,7 @@ class ArtifactWriter:
             shutil.rmtree(trash, ignore_errors=True)
         else:
             os.replace(self.tmp, self.out)
-        self.artifact.path = self.out
+        self.artifact = Artifact(self.out, read_manifest(self.out))
         return self.artifact
 
     def abort(self) -> None:

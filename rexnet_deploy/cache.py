@@ -30,7 +30,7 @@ def cpu_key() -> str:
 def artifact_key(artifact: Artifact) -> str:
     """A digest of the artifact's payload checksums, backend and precision (the manifest's
     ``files``: checked against the payload at load unless ``verify=False``)."""
-    data = {"files": artifact.manifest.get("files", {}), "backend": artifact.backend, "precision": artifact.precision}
+    data = {"files": artifact.manifest.files, "backend": artifact.backend, "precision": artifact.precision}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -48,7 +48,11 @@ class CalibrationSet:
 
     @property
     def held_out(self) -> list[Path]:
-        """Source files that are not calibration images (bad ones excluded), in sample order."""
+        """Source files that are not calibration images (bad ones excluded), in sample order.
+        Before ``load``: the candidates past the first ``size`` (load takes the next ones in
+        place of unreadable images, so a loaded set's held-out slice can start later)."""
+        if not self.files and not self.skipped:
+            return self.candidates[self.size:]
         used = set(self.files) | {Path(f) for f, _ in self.skipped}
         return [p for p in self.candidates if p not in used]
 
@@ -126,6 +130,18 @@ class CalibrationSet:
             for f in (find_images(p) if p.is_dir() else [p]):
                 found += f.resolve() in chosen
         return found
+
+
+def held_out_check(calib_set: CalibrationSet, limit: int = HELD_OUT_LIMIT,
+                   labels: str | os.PathLike | None = None) -> dict[str, Any] | None:
+    """The check set of engines calibrated on ``calib_set``'s source: up to ``limit`` held-out
+    images, with ``labels`` or else the source's labels table (the ``images``/``labels`` options
+    of ``harness.check.check``); None when every image calibrates. ``build`` and ``matrix`` both
+    check on this, so every engine of a matrix is measured on the same photos."""
+    held = calib_set.held_out[:limit]
+    if not held:
+        return None
+    return {"images": held, "labels": labels if labels is not None else calib_set.labels_csv}
 
 
 def select(source: str | os.PathLike, size: int = DEFAULT_SIZE, *, seed: int = 0) -> CalibrationSet:

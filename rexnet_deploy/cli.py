@@ -105,7 +105,7 @@ def build_command(model, head, backend, precision, precision_flag, weights, seed
                        backend_options=backend_flags.given(backend_options), check=not skip_check, check_options=check_options,
                        check_size=check_size, eval_images=eval_images, bench_batches=batches, log=log)
     with engine:
-        reports = engine.manifest.get("reports", {})
+        reports = engine.manifest.reports
         click.echo(f"built {engine.artifact.path} ({engine.backend} {precision}, {model})")
         if reports.get("check"):
             click.echo("\n" + check_markdown(reports["check"]))
@@ -113,7 +113,7 @@ def build_command(model, head, backend, precision, precision_flag, weights, seed
             click.echo("\n" + fidelity_markdown({k: summary(reports[k]) for k in ("check", "eval") if reports.get(k)}))
         if reports.get("bench"):
             click.echo("\n" + bench_markdown(reports["bench"]))
-        _write_json(json_out, engine.manifest)
+        _write_json(json_out, engine.manifest.to_json())
 
 
 @main.command(name="check")
@@ -319,10 +319,10 @@ def info_command(engine_path, as_json, no_verify) -> None:
 
     artifact = load_artifact(engine_path, verify=not no_verify)
     if as_json:
-        click.echo(to_json(artifact.manifest), nl=False)
+        click.echo(to_json(artifact.manifest.to_json()), nl=False)
     else:
         click.echo(info_markdown(artifact.manifest, str(artifact.path)))
-        click.echo("checksums: " + ("not verified" if no_verify else f"{len(artifact.manifest['files'])} files verified"))
+        click.echo("checksums: " + ("not verified" if no_verify else f"{len(artifact.manifest.files)} files verified"))
 
 
 @main.command(name="backends")

@@ -33,6 +33,7 @@ from .artifact import Artifact, load_artifact
 from .backends.base import check_load_options
 from .errors import ArtifactError, InputError, RexnetDeployError, UsageError, one_line
 from .images import LoadedImages, expand_paths, load_images
+from .manifest import Manifest
 from .preprocess import PreprocessConfig, preprocess_batch
 
 
@@ -68,14 +69,14 @@ class Engine:
         self.artifact = artifact
         # compiled-model cache root (OpenVINO, ONNX Runtime); other backends have nothing to cache
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
-        inp = artifact.manifest["input"]
-        self.input_name: str = inp["name"]
-        self.input_shape: tuple[int, ...] = tuple(inp["shape"])  # -1 for the batch dimension
-        self.batch_range: tuple[int, int] = tuple(inp["batch"])
-        self.output_names: list[str] = [o["name"] for o in artifact.manifest["outputs"]]
-        self.device = device or artifact.manifest.get("device", "cpu")
+        inp = artifact.manifest.input
+        self.input_name: str = inp.name
+        self.input_shape: tuple[int, ...] = tuple(inp.shape)  # -1 for the batch dimension
+        self.batch_range: tuple[int, int] = tuple(inp.batch)
+        self.output_names: list[str] = [o.name for o in artifact.manifest.outputs]
+        self.device = device or artifact.manifest.device
         self._labels: list[str] | None = None
-        self._preprocess = PreprocessConfig.from_data_config(artifact.manifest["preprocess"])
+        self._preprocess = PreprocessConfig.from_data_config(artifact.manifest.preprocess)
         # JPEG draft decoding + integer reduction before the resize: not within 1e-5 of timm (README)
         self.fast_preprocess = bool(fast_preprocess)
         self._draft = self._preprocess if self.fast_preprocess else None
@@ -123,7 +124,7 @@ class Engine:
 
     # -- public API ------------------------------------------------------------------------
     @property
-    def manifest(self) -> dict[str, Any]:
+    def manifest(self) -> Manifest:
         return self.artifact.manifest
 
     @property
@@ -136,7 +137,7 @@ class Engine:
 
     @property
     def head(self) -> str:
-        return self.manifest["model"]["head"]
+        return self.manifest.model.head
 
     @property
     def preprocess_config(self) -> PreprocessConfig:
@@ -146,7 +147,7 @@ class Engine:
     def labels(self) -> list[str] | None:
         """Class names in index order, from the artifact's labels file (None if it has none)."""
         if self._labels is None:
-            entry = self.manifest.get("labels") or {}
+            entry = self.manifest.labels or {}
             if entry.get("file"):
                 self._labels = self.artifact.file(entry["file"]).read_text().splitlines()
         return self._labels
@@ -278,7 +279,7 @@ class Engine:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.manifest['model']['name']} {self.backend}/{self.precision} {self.artifact.path}>"
+        return f"<{type(self).__name__} {self.manifest.model.name} {self.backend}/{self.precision} {self.artifact.path}>"
 
 
 DLPACK_CPU = 1  # DLPack device types: kDLCPU = 1, kDLCUDA = 2, kDLCUDAHost = 3, kDLROCM = 10, ...

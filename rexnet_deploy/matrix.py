@@ -62,12 +62,9 @@ def run(model: ModelSpec, out: str | os.PathLike, *, calib: str | None = None, c
     check: dict[str, Any] = {"images": images, "labels": labels} if images else {}
     if not images and calib:
         # every engine on the same real photos: the calibration source's held-out rest (with its labels)
-        from .calibration import HELD_OUT_LIMIT, select
+        from .calibration import held_out_check, select
 
-        plan = select(calib, calib_size)
-        held = plan.candidates[calib_size:]
-        if held:
-            check = {"images": held[:HELD_OUT_LIMIT], "labels": labels or plan.labels_csv}
+        check = held_out_check(select(calib, calib_size), labels=labels) or {}
     for backend, precision in candidates(only):
         key = f"{backend}/{precision}"
         reason = skip_reason(backend, precision, calib=calib)
@@ -94,8 +91,8 @@ def run(model: ModelSpec, out: str | os.PathLike, *, calib: str | None = None, c
                 rows.append({"engine": key, "failed": str(exc), "build_seconds": round(time.perf_counter() - t, 1)})
             continue
         with engine:
-            rows.append(_row(key, engine.manifest["reports"], time.perf_counter() - t, path=engine.artifact.path))
-            reports.append(engine.manifest["reports"]["bench"])
+            rows.append(_row(key, engine.manifest.reports, time.perf_counter() - t, path=engine.artifact.path))
+            reports.append(engine.manifest.reports["bench"])
     checked_on = images or (f"{len(check['images'])} held-out images of {calib}" if check else "generated images")
     result = {"model": model.name, "weights": model.weights.describe(), "batches": list(batches),
               "calibration": calib, "check_images": str(checked_on), "eval_images": eval_images, "rows": rows,

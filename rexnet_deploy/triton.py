@@ -68,10 +68,10 @@ def triton_io_names(artifact: Artifact) -> tuple[str, list[str]]:
 
 
 def _io_names(artifact: Artifact, target: TritonTarget) -> tuple[str, list[str]]:
-    outputs = [o["name"] for o in artifact.manifest["outputs"]]
+    outputs = [o.name for o in artifact.manifest.outputs]
     if target.positional_names:
         return "INPUT__0", [f"OUTPUT__{k}" for k in range(len(outputs))]
-    return artifact.manifest["input"]["name"], outputs
+    return artifact.manifest.input.name, outputs
 
 
 def _target(artifact: Artifact) -> TritonTarget:
@@ -81,7 +81,7 @@ def _target(artifact: Artifact) -> TritonTarget:
         raise UsageError(f"{artifact.path}: cannot export a {artifact.backend!r} artifact to Triton "
                          f"(supported: {', '.join(supported)})")
     target = info.triton
-    if target.requires and not (artifact.manifest.get("backend_config") or {}).get(target.requires[0]):
+    if target.requires and not artifact.manifest.backend_config.get(target.requires[0]):
         raise ArtifactError(f"{artifact.path} {target.requires[1]}")
     return target
 
@@ -90,17 +90,17 @@ def _plan(artifact: Artifact, max_batch: int | None) -> _Plan:
     """The artifact's plan; refuses a foreign backend, an unexportable artifact or a bad --max-batch."""
     target = _target(artifact)
     m = artifact.manifest
-    config = m.get("backend_config") or {}
-    device = str(m.get("device") or backends.get(artifact.backend).default_device)
+    config = m.backend_config
+    device = m.device
     parameters = {param: str(config[key]) for param, key in target.parameters.items() if config.get(key)}
     return _Plan(artifact, target, _max_batch(artifact, max_batch), "KIND_GPU" if device.startswith("cuda") else "KIND_CPU",
                  *_io_names(artifact, target), parameters)
 
 
 def _max_batch(artifact: Artifact, requested: int | None) -> int:
-    lo, hi = artifact.manifest["input"]["batch"]
+    lo, hi = artifact.manifest.input.batch
     # an optimization profile (TensorRT) is a hard limit; Triton batches anything from 1 up
-    profile = (artifact.manifest.get("backend_config") or {}).get("profile") or {}
+    profile = artifact.manifest.backend_config.get("profile") or {}
     if profile:
         hi = min(hi, int(profile.get("max", hi)))
         if int(profile.get("min", lo)) > 1:
@@ -137,16 +137,16 @@ def _config(plan: _Plan, name: str, *, instances: int, max_queue_delay_us: int, 
              f'backend: "{target.platform}"' if target.uses_backend_field else f'platform: "{target.platform}"',
              f"max_batch_size: {plan.max_batch}",
              "input [",
-             f'  {{ name: "{plan.input_name}", data_type: {_dtype(m["input"]["dtype"], where)}, '
-             f'dims: {_dims(m["input"]["shape"])} }}',
+             f'  {{ name: "{plan.input_name}", data_type: {_dtype(m.input.dtype, where)}, '
+             f'dims: {_dims(m.input.shape)} }}',
              "]",
              "output ["]
     outs = []
-    for k, (spec, out_name) in enumerate(zip(m["outputs"], plan.output_names)):
+    for k, (spec, out_name) in enumerate(zip(m.outputs, plan.output_names)):
         # logits + labels.txt: Triton's classification extension can answer top-k with names
-        label = ', label_filename: "labels.txt"' if labels and k == 0 and m["model"]["head"] == "classify" else ""
-        outs.append(f'  {{ name: "{out_name}", data_type: {_dtype(spec.get("dtype", "float32"), where)}, '
-                    f'dims: {_dims(spec["shape"])}{label} }}')
+        label = ', label_filename: "labels.txt"' if labels and k == 0 and m.model.head == "classify" else ""
+        outs.append(f'  {{ name: "{out_name}", data_type: {_dtype(spec.dtype, where)}, '
+                    f'dims: {_dims(spec.shape)}{label} }}')
     lines += [",\n".join(outs), "]",
               f"instance_group [ {{ count: {instances}, kind: {plan.kind} }} ]",
               *[f'parameters {{ key: "{k}", value: {{ string_value: "{v}" }} }}' for k, v in plan.parameters.items()],
@@ -174,7 +174,7 @@ def _can_parse() -> bool:
 def _write_model(plan: _Plan, name: str, folder: Path, *, validate: bool, instances: int,
                  max_queue_delay_us: int) -> ExportedModel:
     artifact = plan.artifact
-    has_labels = bool((artifact.manifest.get("labels") or {}).get("file"))
+    has_labels = bool((artifact.manifest.labels or {}).get("file"))
     text = _config(plan, name, instances=instances, max_queue_delay_us=max_queue_delay_us, labels=has_labels)
     if validate:
         try:
@@ -187,8 +187,8 @@ def _write_model(plan: _Plan, name: str, folder: Path, *, validate: bool, instan
             raise ArtifactError(f"{artifact.path} is missing its payload file {src}")
         shutil.copyfile(artifact.file(src), folder / VERSION / dst)
     if has_labels:
-        shutil.copyfile(artifact.file(artifact.manifest["labels"]["file"]), folder / "labels.txt")
-    (folder / PREPROCESS).write_text(json.dumps(artifact.manifest["preprocess"], indent=2) + "\n")
+        shutil.copyfile(artifact.file(artifact.manifest.labels["file"]), folder / "labels.txt")
+    (folder / PREPROCESS).write_text(json.dumps(artifact.manifest.preprocess, indent=2) + "\n")
     (folder / CONFIG).write_text(text)
     return ExportedModel(name, folder, plan.target.platform, plan.max_batch, plan.kind)
 

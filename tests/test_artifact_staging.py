@@ -14,6 +14,7 @@ import pytest
 
 from rexnet_deploy import artifact
 from rexnet_deploy.artifact import OWNER, ArtifactWriter, sweep_stale_staging
+from rexnet_deploy.manifest import InputSpec, Manifest, ModelRecord, OutputSpec
 
 
 def _record(pid: int, **extra) -> dict:
@@ -96,8 +97,10 @@ def test_the_owner_record_is_not_published_with_the_artifact(tmp_path):
     with ArtifactWriter(out) as writer:
         assert json.loads((writer.tmp / OWNER).read_text())["pid"] == os.getpid()
         writer.path("payload.bin").write_bytes(b"engine")
-        art = writer.finalize({"backend": "x"})
-        assert set(art.manifest["files"]) == {"payload.bin"}
+        art = writer.finalize(Manifest(backend="x", precision="fp32", model=ModelRecord("m", "classify"),
+                                       input=InputSpec("input", [-1, 3, 8, 8], (1, 1)), outputs=[OutputSpec("y")],
+                                       payload="payload.bin", preprocess={}))
+        assert set(art.manifest.files) == {"payload.bin"}
         writer.publish()
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "payload.bin"]
     assert not any(".building-" in p.name for p in tmp_path.iterdir())

@@ -303,5 +303,5 @@ def test_artifact_replace_file_updates_checksum_and_manifest(engine_copy, tmp_pa
     src.write_text("a\nb\n")
     artifact.replace_file("labels.txt", src, note="replaced")
     again = load_artifact(engine_copy)  # verifies every checksum
-    assert again.manifest["note"] == "replaced" and not src.exists()
-    assert again.manifest["files"]["labels.txt"] == file_sha256(engine_copy / "labels.txt")
+    assert again.manifest.extra["note"] == "replaced" and not src.exists()
+    assert again.manifest.files["labels.txt"] == file_sha256(engine_copy / "labels.txt")

@@ -21,7 +21,7 @@ def engine(ts_engine_path):
 
 
 def test_manifest_records_what_the_issue_names(engine):
-    m = engine.manifest
+    m = engine.manifest.to_json()  # the manifest.json as written
     assert m["schema"] == 1 and m["format"] == "rexnet-deploy-engine"
     assert m["backend"] == "torchscript" and m["precision"] == "fp32"
     assert m["model"]["name"] == "rexnet_100" and m["model"]["head"] == "classify"

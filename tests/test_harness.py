@@ -83,7 +83,7 @@ def test_fp32_torchscript_is_exact_on_real_photos_with_trained_weights(tmp_path)
 
     with build(ModelSpec("rexnet_100", weights=WeightsSpec.parse(str(SHARED_WEIGHTS))), BuildSpec(batch=(1, 16)),
                tmp_path / "ts", check_options={"images": SHARED_CALIB, "limit": 64}) as engine:
-        r = engine.manifest["reports"]["check"]
+        r = engine.manifest.reports["check"]
     assert r["n_images"] == 64 and r["labels"].endswith("labels.csv")
     assert r["metrics"]["top1_agreement"] == 1.0
     assert r["metrics"]["cosine_min"] >= 0.99999

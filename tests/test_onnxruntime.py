@@ -46,13 +46,13 @@ def test_onnx_export_is_checked_opset17_dynamic_batch_and_equals_pytorch(ort_fp3
     assert [i.name for i in model.graph.input] == ["input"] and [o.name for o in model.graph.output] == ["logits"]
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     with Engine.load(ort_fp32_path) as engine:
-        export = engine.manifest["backend_config"]["export"]
+        export = engine.manifest.backend_config["export"]
         assert export["max_abs_error_vs_torch"] <= 1e-4
         ref = TorchReference.from_manifest(engine.manifest)
         for n in (1, 5, 8):
             x = _batch(n, n)
             assert np.abs(engine(x) - ref(x)[0]).max() <= 1e-4
-        assert engine.manifest["reports"]["check"]["metrics"]["top1_agreement"] == 1.0
+        assert engine.manifest.reports["check"]["metrics"]["top1_agreement"] == 1.0
 
 
 def test_int8_graph_is_qdq_uint8_activations_per_channel_weights(ort_int8_path):
@@ -77,10 +77,10 @@ def test_int8_graph_is_qdq_uint8_activations_per_channel_weights(ort_int8_path):
     assert se and not any(quantized[n] for n in se) and all(quantized[n] for n in quantized if n not in se)
     with Engine.load(ort_int8_path) as engine:
         m = engine.manifest
-        assert m["calibration"]["n"] == 24 and m["reports"]["check"]["n_images"] == 16
-        q = m["backend_config"]["quantization"]
+        assert m.calibration["n"] == 24 and m.reports["check"]["n_images"] == 16
+        q = m.backend_config["quantization"]
         assert q["calib_method"] == "minmax" and q["calib_moving_average_batch"] == 10
-        assert m["reports"]["check"]["metrics"]["cosine_mean"] > 0.9
+        assert m.reports["check"]["metrics"]["cosine_mean"] > 0.9
 
 
 def _unread(path) -> dict:
@@ -243,6 +243,6 @@ def test_fp16_is_modelopts_autocast_graph_with_fp32_io(tmp_path_factory):
     assert sum(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer) > 50
     assert _unread(path / "model.onnx") == {"nodes": 0, "initializers": 0}
     with Engine.load(path) as engine:
-        assert engine.manifest["backend_config"]["precision_pass"]["low_precision"] == "fp16"
-        assert engine.manifest["reports"]["check"]["metrics"]["cosine_min"] >= 0.999
+        assert engine.manifest.backend_config["precision_pass"]["low_precision"] == "fp16"
+        assert engine.manifest.reports["check"]["metrics"]["cosine_min"] >= 0.999
         assert engine(_batch(2)).dtype == np.float32

@@ -31,10 +31,10 @@ def _torch_reference(manifest):
 def test_fp32_engine_runs_pinned_f32_and_matches_pytorch(ov_fp32_path):
     with Engine.load(ov_fp32_path) as engine:
         m = engine.manifest
-        assert m["backend_config"]["inference_precision_hint"] == "f32"
+        assert m.backend_config["inference_precision_hint"] == "f32"
         assert engine.inference_precision() == "f32"
-        assert m["reports"]["check"]["metrics"]["top1_agreement"] == 1.0
-        assert m["reports"]["check"]["metrics"]["cosine_min"] >= 0.9999
+        assert m.reports["check"]["metrics"]["top1_agreement"] == 1.0
+        assert m.reports["check"]["metrics"]["cosine_min"] >= 0.9999
         ref = _torch_reference(m)
         for n in (1, 3, 8):
             x = _batch(n, n)
@@ -79,12 +79,12 @@ def test_one_engine_is_safe_to_call_from_many_threads(ov_fp32_path):
 def test_int8_build_records_calibration_and_checks_on_held_out_images(ov_int8_path):
     with Engine.load(ov_int8_path) as engine:
         m = engine.manifest
-        cal = m["calibration"]
+        cal = m.calibration
         assert cal["n"] == 24 and cal["stratified"] and cal["classes"] == 4 and len(cal["list_sha256"]) == 64
-        q = m["backend_config"]["quantization"]
+        q = m.backend_config["quantization"]
         assert q["tool"] == "nncf" and q["fake_quantize_ops"] > 50
-        assert m["backend_config"]["inference_precision_hint"] == "f32"
-        report = m["reports"]["check"]
+        assert m.backend_config["inference_precision_hint"] == "f32"
+        report = m.reports["check"]
         assert report["n_images"] == 16  # the 40 - 24 images not used for calibration
         assert report["images"]["kind"] == "files" and report["images"]["calibration_overlap"] == 0
         assert report["metrics"]["cosine_mean"] > 0.9
@@ -217,7 +217,7 @@ def test_accuracy_control_path(tmp_path, calib_dir):
                    calib=calib_dir, calib_size=16, backend_options={"max_drop": 0.5},
                    check_options={"gate": {"top1_agreement": 0.0}})
     with engine:
-        q = engine.manifest["backend_config"]["quantization"]
+        q = engine.manifest.backend_config["quantization"]
         assert q["method"] == "quantize_with_accuracy_control" and q["max_drop"] == 0.5
         assert q["overflow_fix"] == "enable" and q["fake_quantize_ops"] > 50
         assert engine._model.inputs[0].get_partial_shape().is_dynamic
@@ -233,10 +233,10 @@ def test_fp16_and_bf16_builds(tmp_path, ov_fp32_path, precision, weights_dtype):
                    BuildSpec(backend="openvino", precision=precision, batch=(1, 2)), tmp_path / precision,
                    check_options={"synthetic": 4})
     with engine:
-        config = engine.manifest["backend_config"]
+        config = engine.manifest.backend_config
         assert config["weights_dtype"] == weights_dtype
         assert config["inference_precision_hint"] == ("bf16" if precision == "bf16" else None)
-        assert engine.manifest["reports"]["check"]["gate"]["passed"]
+        assert engine.manifest.reports["check"]["gate"]["passed"]
         size = (engine.artifact.path / "model.bin").stat().st_size
         fp32_size = (ov_fp32_path / "model.bin").stat().st_size
         assert size < 0.6 * fp32_size if precision == "fp16" else size == fp32_size

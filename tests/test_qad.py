@@ -99,14 +99,14 @@ def ov_qad_path(tmp_path_factory, calib_dir):
 @pytest.mark.slow
 def test_openvino_qad_build_records_recipe_training_and_runs_int8(ov_qad_path):
     with Engine.load(ov_qad_path) as engine:
-        q = engine.manifest["backend_config"]["quantization"]
+        q = engine.manifest.backend_config["quantization"]
         assert q["recipe"] == "qad" and q["method"] == "quantization-aware distillation"
         assert q["ptq"]["ignored_patterns"] == [".*/se/.*"] and q["ptq"]["images"] == 24
         d = q["distillation"]
         assert d["steps"] == 3 and len(d["loss_curve_every_10_steps"]) == 1 and d["seconds"] > 0
         assert q["fake_quantize_ops"] > 50  # the network is quantized, not just its edges
         assert q["ptq"]["preset"] == "mixed" and q["ptq"]["activations"] == "asymmetric"
-        check = engine.manifest["reports"]["check"]
+        check = engine.manifest.reports["check"]
         assert check["gate"]["passed"] and check["host"]["cpu_isa"]
         assert check["metrics"]["cosine_min"] > 0.9
         x = np.random.default_rng(0).standard_normal((3, 3, 224, 224)).astype(np.float32)
@@ -166,7 +166,7 @@ def test_qdq_pytorch_graph_follows_tensorrt_rules_and_runs_on_onnxruntime(reques
     assert {n for n, q in quantized.items() if not q} == {n for n in quantized if "conv_dw" in n or "/se/" in n}
     assert any("conv_dw" in n for n in quantized) and sum(quantized.values()) > 30
     with Engine.load(path, **({"emulate": True} if backend == "tensorrt" else {})) as engine:
-        config = engine.manifest["backend_config"]
+        config = engine.manifest.backend_config
         record = config["precision_pass" if backend == "tensorrt" else "quantization"]
         assert record["ptq"]["batchnorm"] == "folded into the convolutions"
         assert {"depthwise convolutions (FP16 on TensorRT)", "the global-pool input"} <= set(record["ptq"]["unquantized"])
@@ -176,7 +176,7 @@ def test_qdq_pytorch_graph_follows_tensorrt_rules_and_runs_on_onnxruntime(reques
         else:
             assert record["recipe"] == "qad" and record["distillation"]["steps"] == 2
             assert record["distillation"]["lr"] == 1e-5  # ModelOpt's fixed ranges want smaller steps than NNCF
-        assert engine.manifest["reports"]["check"]["metrics"]["cosine_min"] > 0.9
+        assert engine.manifest.reports["check"]["metrics"]["cosine_min"] > 0.9
 
 
 @pytest.mark.slow
@@ -201,7 +201,7 @@ def test_tensorrt_default_recipe_distills_and_its_fp16_graph_keeps_the_rules(tmp
     assert not (path / "calib.cache").exists()
     assert any("distilling 2 steps" in line for line in logs)
     with Engine.load(path, emulate=True) as engine:
-        record = engine.manifest["backend_config"]["precision_pass"]
+        record = engine.manifest.backend_config["precision_pass"]
         assert record["recipe"] == "qad" and record["method"] == "quantization-aware distillation"
         assert record["tool"] == "modelopt" and record["high_precision"] == "fp16"
         d = record["distillation"]
@@ -209,7 +209,7 @@ def test_tensorrt_default_recipe_distills_and_its_fp16_graph_keeps_the_rules(tmp
         assert record["fp16_conversion"]["nodes_kept_fp32"] == []
         assert record["ptq"]["unquantized"] == ["squeeze-excitation gates", "depthwise convolutions (FP16 on TensorRT)",
                                                 "the global-pool input"]
-        assert engine.manifest["reports"]["check"]["metrics"]["cosine_min"] > 0.9
+        assert engine.manifest.reports["check"]["metrics"]["cosine_min"] > 0.9
         out = engine(np.random.default_rng(0).standard_normal((2, 3, 224, 224)).astype(np.float32))
         assert out.shape == (2, 1000) and np.isfinite(out).all()
 

@@ -338,7 +338,7 @@ def test_gpu_engine_matches_its_emulated_graph(request, fixture, tmp_path, monke
     with Engine.load(work, emulate=True) as emu:
         want = emu(x)
     with Engine.load(work, rebuild_engine=True) as engine:
-        record = engine.manifest["backend_config"]["engine"]
+        record = engine.manifest.backend_config["engine"]
         assert record["tensorrt"] == trt.__version__ and (work / "model.engine").is_file()
         assert record["gpu"] == _trt.gpu()["name"] and record["compute_capability"] == _trt.gpu()["compute_capability"]
         assert _trt.io_mismatch(record["io"], "input", ["logits"]) is None
@@ -349,7 +349,7 @@ def test_gpu_engine_matches_its_emulated_graph(request, fixture, tmp_path, monke
     assert cache["reused"] is False and cache["path"] == str(_trt.timing_cache_file(
         tmp_path / "cache" / "rexnet-deploy" / "tensorrt-timing.cache", trt.__version__, _trt.gpu()))
     with Engine.load(work, rebuild_engine=True) as engine:  # the second build reads the timing cache
-        assert engine.manifest["backend_config"]["engine"]["timing_cache"]["reused"] is True
+        assert engine.manifest.backend_config["engine"]["timing_cache"]["reused"] is True
     with Engine.load(work, cuda_graph=True) as engine:  # one context and graph per batch size: 4, 1, then 4 again
         for batch, expected in ((x, got), (x[:1], got[:1]), (x, got), (x[:1], got[:1])):
             np.testing.assert_allclose(engine(batch), expected, rtol=1e-3, atol=1e-3)

@@ -77,7 +77,7 @@ def test_export_config_and_payload(request, tmp_path, backend, platform):
     assert [(g.count, g.kind) for g in cfg.instance_group] == [(2, 2)]  # 2: KIND_CPU
     assert cfg.HasField("dynamic_batching") and cfg.dynamic_batching.max_queue_delay_microseconds == 500
     assert (folder / "labels.txt").read_text() == artifact.file("labels.txt").read_text()
-    assert json.loads((folder / "preprocess.json").read_text()) == artifact.manifest["preprocess"]
+    assert json.loads((folder / "preprocess.json").read_text()) == artifact.manifest.preprocess
     assert not list(tmp_path.glob(".*"))  # the staging folder is gone
 
     x = np.random.default_rng(3).standard_normal((3, 3, 224, 224)).astype(np.float32)

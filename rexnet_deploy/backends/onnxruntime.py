@@ -152,7 +152,7 @@ class OnnxRuntimeEngine(Engine):
         import onnxruntime as ort
 
         self._threads = threads
-        source = self.artifact.file(self.manifest["payload"])
+        source = self.artifact.file(self.manifest.payload)
         cache = self._cache_folder("onnxruntime", ort.__version__)
         self.cache_folder = cache
         cached = None if cache is None else cache / OPTIMIZED

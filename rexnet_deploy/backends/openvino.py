@@ -174,8 +174,8 @@ class OpenVINOEngine(Engine):
         if cache is not None:  # OpenVINO keys each blob by model + compile config inside the folder
             self._core.set_property({"CACHE_DIR": str(cache)})
         self.cache_folder = cache
-        self._model = self._core.read_model(str(self.artifact.file(self.manifest["payload"])))
-        self._hint = self.manifest.get("backend_config", {}).get(
+        self._model = self._core.read_model(str(self.artifact.file(self.manifest.payload)))
+        self._hint = self.manifest.backend_config.get(
             "inference_precision_hint", RUNTIME_PRECISION.get(self.precision))
         self._lock = threading.Lock()
         self._compiled: dict[tuple[str, int], Any] = {}

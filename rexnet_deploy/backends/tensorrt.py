@@ -153,7 +153,7 @@ class TensorRTEngine(Engine):
             return
         from . import _trt
 
-        record = self.manifest["backend_config"].get("engine")
+        record = self.manifest.backend_config.get("engine")
         # the engine record's I/O against the artifact's names (EngineRunner checks the live engine's)
         if record and "io" in record:
             mismatch = _trt.io_mismatch(record["io"], self.input_name, self.output_names)
@@ -180,7 +180,7 @@ class TensorRTEngine(Engine):
         """Compile the stored graph for this host and store the engine in the artifact."""
         from . import _trt
 
-        config = self.manifest["backend_config"]
+        config = self.manifest.backend_config
         settings = _trt.BuildSettings.from_dict(config["build_settings"])
         tmp = self.artifact.file(ENGINE_FILE + ".tmp")
         record = _trt.compile_engine(self.artifact.file(GRAPH), tmp, settings, lambda _m: None)

@@ -214,7 +214,7 @@ class TorchScriptEngine(Engine):
                cuda_graph: bool = False) -> None:
         import torch
 
-        need = self.manifest.get("runtime", {}).get("torch", "")
+        need = self.manifest.runtime.get("torch", "")
         if need.startswith(">="):
             want = tuple(int(v) for v in need[2:].split(".")[:2])
             if _torch_version() < want:
@@ -223,7 +223,7 @@ class TorchScriptEngine(Engine):
                 )
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise BackendUnavailable(f"this TorchScript artifact runs on {self.device}, but torch sees no CUDA GPU here")
-        if self.device == "cpu" and self.manifest.get("backend_config", {}).get("device") == "cuda":
+        if self.device == "cpu" and self.manifest.backend_config.get("device") == "cuda":
             raise UsageError("this TorchScript artifact was built for CUDA; rebuild it with --device cpu")
         self._torch = torch
         self._dtype = torch.float16 if self.precision == "fp16" else torch.float32
@@ -244,7 +244,7 @@ class TorchScriptEngine(Engine):
             raise UsageError("warm_batches without warm: load with warm=True (or cuda_graph=True)")
         sizes = self._warm_sizes(warm_batches)
         with _quiet_jit():
-            self._module = _load(str(self.artifact.file(self.manifest["payload"])), self.device)
+            self._module = _load(str(self.artifact.file(self.manifest.payload)), self.device)
         if warm or cuda_graph:
             self._warm(sizes)
         if cuda_graph:

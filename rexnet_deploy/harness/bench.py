@@ -182,7 +182,7 @@ def bench(
     report = {
         "kind": "bench",
         "engine": {"backend": engine.backend, "precision": engine.precision, "device": engine.device},
-        "model": engine.manifest["model"]["name"],
+        "model": engine.manifest.model.name,
         "results": results,
         "reference": described("reference"),
         "speedup": speedup,

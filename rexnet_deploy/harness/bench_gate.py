@@ -59,7 +59,7 @@ def bench_with_gate(
     gate.check_max_regression(max_regression)
     repeat = repeat or (3 if gating else 1)
     with Engine.load(engine_path, **(engine_options or {})) as engine:
-        key, model = f"{engine.backend}/{engine.precision}", engine.manifest["model"]["name"]
+        key, model = f"{engine.backend}/{engine.precision}", engine.manifest.model.name
         if base is not None:  # the engine/batches must be in the baseline before anything is timed
             gate.check_fits(base, model, key, batches, source=f"baseline {baseline}")
 
@@ -78,7 +78,7 @@ def bench_with_gate(
 
             report["end_to_end"] = end_to_end(engine, images, batches=batches, progress=progress)
         if gating:
-            check = engine.manifest.get("reports", {}).get("check")
+            check = engine.manifest.reports.get("check")
             current = gate.entry(runs, check)
             if base is not None:
                 def judge(entry: dict[str, Any]) -> dict[str, Any]:

@@ -80,7 +80,7 @@ def check(
         wnids = _artifact_wnids(engine) if table is None and root is not None and has_wnid_folders(root) else None
         if wnids is not None:
             label_source = "wnid folders"
-        truth = labels_for(files, root, table, wnids, engine.manifest["model"].get("num_classes", 0) or 10**9)
+        truth = labels_for(files, root, table, wnids, engine.manifest.model.num_classes or 10**9)
         if labels is not None and truth is None:
             raise InputError(f"no image in the check set has a label in {labels}")
 
@@ -128,7 +128,7 @@ def check(
         "engine": {"backend": engine.backend, "precision": engine.precision,
                    # a TensorRT graph run on ONNX Runtime CPU: correctness of the graph, not of TensorRT
                    **({"emulation": engine.emulation} if engine.emulation else {})},
-        "model": engine.manifest["model"]["name"],
+        "model": engine.manifest.model.name,
         "head": engine.head,
         "images": source,
         "n_images": comparison.n,
@@ -151,7 +151,7 @@ def check_artifact(engine_path: str | os.PathLike, *, engine_options: dict[str, 
     from .report import store_report
 
     with Engine.load(engine_path, **(engine_options or {})) as engine:
-        stored = engine.manifest.get("reports") or {}
+        stored = engine.manifest.reports
         report = check(engine, **options)
         # the figures the artifact already holds (the build's held-out check, its evaluation set), so a
         # reader sees this run's images next to them: in-distribution agreement reads high
@@ -167,7 +167,7 @@ def raise_for_gate(report: dict[str, Any]) -> None:
 
 
 def _artifact_wnids(engine: Engine) -> list[str] | None:
-    entry = engine.manifest.get("labels") or {}
+    entry = engine.manifest.labels or {}
     if entry.get("wnids"):
         return engine.artifact.file(entry["wnids"]).read_text().splitlines()
     return None

@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from ..outputs import output_list
+from ..manifest import Manifest
 from ..models import ReferenceModel, create_reference
+from ..outputs import output_list
 from ..spec import ModelSpec
 
 
@@ -34,14 +35,14 @@ class TorchReference:
         self.output_names = model.output_names
 
     @classmethod
-    def from_manifest(cls, manifest: dict[str, Any], *, weights: str | os.PathLike | None = None) -> "TorchReference":
+    def from_manifest(cls, manifest: Manifest, *, weights: str | os.PathLike | None = None) -> "TorchReference":
         """Rebuild the reference from an artifact's model record; the weights hash must match."""
-        m = manifest["model"]
-        if weights is not None and m["weights"]["source"] != "file":
+        m = manifest.model
+        if weights is not None and m.weights["source"] != "file":
             from ..errors import UsageError
 
-            raise UsageError(f"--weights is for engines built from a weights file; this one used {m['weights']['source']} weights")
-        return cls(create_reference(ModelSpec.from_record(m), weights_override=weights))
+            raise UsageError(f"--weights is for engines built from a weights file; this one used {m.weights['source']} weights")
+        return cls(create_reference(ModelSpec.from_record(m.to_json()), weights_override=weights))
 
     def on(self, device: str, *, fp16: bool = False) -> "DeviceReference":
         """This reference as eager PyTorch on ``device`` (a copy: the CPU module stays as it is,

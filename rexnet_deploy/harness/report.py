@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
+from ..manifest import Manifest
+
 
 def store_report(engine, kind: str, report: dict[str, Any], warn: Callable[[str], None]) -> None:
     """Keep a check/bench report in the engine's manifest; a read-only artifact is a warning."""
@@ -140,29 +142,29 @@ def bench_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def info_markdown(manifest: dict[str, Any], path: str) -> str:
-    m = manifest["model"]
-    w = m["weights"]
-    inp = manifest["input"]
+def info_markdown(manifest: Manifest, path: str) -> str:
+    m = manifest.model
+    w = m.weights
+    inp = manifest.input
     lines = [
         f"### {path}",
-        f"- model: {m['name']} (head {m['head']}, {m.get('num_classes')} classes)",
+        f"- model: {m.name} (head {m.head}, {m.num_classes} classes)",
         f"- weights: {w['source']}" + (f", seed {w.get('seed')}" if w["source"] == "random" else "")
         + (f", {w.get('path') or w.get('hub_id')}" if w["source"] != "random" else "")
         + ("" if w.get("production", True) else " — NOT FOR PRODUCTION"),
-        f"- backend: {manifest['backend']} {manifest['precision']} on {manifest.get('device', 'cpu')}",
-        f"- input: {inp['name']} {inp['dtype']} {inp['layout']} {inp['shape']}, batch {inp['batch'][0]}..{inp['batch'][1]}",
-        "- outputs: " + ", ".join(f"{o['name']} {o['shape']}" for o in manifest["outputs"]),
-        "- files: " + ", ".join(manifest["files"]),
-        f"- built {manifest.get('created')} with " + ", ".join(
-            f"{k} {v}" for k, v in manifest.get("environment", {}).items()
+        f"- backend: {manifest.backend} {manifest.precision} on {manifest.device}",
+        f"- input: {inp.name} {inp.dtype} {inp.layout} {inp.shape}, batch {inp.batch[0]}..{inp.batch[1]}",
+        "- outputs: " + ", ".join(f"{o.name} {o.shape}" for o in manifest.outputs),
+        "- files: " + ", ".join(manifest.files),
+        f"- built {manifest.created} with " + ", ".join(
+            f"{k} {v}" for k, v in manifest.environment.items()
             if k in ("rexnet_deploy", "torch", "timm", "openvino", "nncf", "onnxruntime", "modelopt")),
     ]
-    config = manifest.get("backend_config") or {}
+    config = manifest.backend_config
     if "inference_precision_hint" in config:
         lines.append(f"- inference precision hint: {config['inference_precision_hint'] or 'CPU default'}"
                      f" (ran {config.get('inference_precision_here', '?')} on the build host)")
-    cal = manifest.get("calibration")
+    cal = manifest.calibration
     if cal:
         lines.append(f"- calibration: {cal['n']} images from {cal['source']} (seed {cal['seed']}, "
                      f"{'stratified over ' + str(cal['classes']) + ' classes' if cal.get('stratified') else 'unstratified'}, "
@@ -188,13 +190,13 @@ def info_markdown(manifest: dict[str, Any], path: str) -> str:
                   f"{len(p['convs_kept_fp32'])} kept FP32, exclude {p['exclude'] or 'nothing'}"
                   if "calib_method" in p else f"{len(p.get('nodes_kept_fp32', []))} nodes kept FP32")
         lines.append(f"- precision pass: {p['tool']} (ModelOpt {p.get('modelopt')}): {detail}")
-    if manifest["backend"] == "tensorrt":
+    if manifest.backend == "tensorrt":
         e, prof = config.get("engine"), config.get("profile") or {}
         lines.append(f"- TensorRT profile batch {prof.get('min')}:{prof.get('opt')}:{prof.get('max')}; engine: "
                      + (f"TensorRT {e['tensorrt']} for {e['gpu']} (compute capability {e['compute_capability']})" if e
                         else "none yet (built without a TensorRT GPU host: load with --rebuild-engine there, "
                              "or check the graph here with --emulate)"))
-    reports = manifest.get("reports") or {}
+    reports = manifest.reports
     if reports.get("check"):
         c = reports["check"]
         mm = c["metrics"]

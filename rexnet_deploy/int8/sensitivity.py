@@ -223,17 +223,17 @@ def analyze(target: str, *, calib: str, weights: str = "pretrained", seed: int =
     recorded = None
     if (Path(target) / MANIFEST).is_file():
         manifest = read_manifest(target)
-        m = manifest["model"]
-        if m["head"] != "classify":
+        m = manifest.model
+        if m.head != "classify":
             raise UsageError("sensitivity ranks layers by top-1 agreement: it needs a classify-head model")
-        model = ModelSpec.from_record(m)
-        recipe = manifest["backend_config"].get("precision_pass", {}).get("recipe")
+        model = ModelSpec.from_record(m.to_json())
+        recipe = manifest.backend_config.get("precision_pass", {}).get("recipe")
         if recipe in PYTORCH_QDQ_RECIPES:  # its graph is of the BatchNorm-folded model: not the FP32 export's layers
             log(f"note: {target} was quantized in PyTorch (--recipe {recipe}); "
                 "ranking layers of ModelOpt's ONNX PTQ of its model instead")
-        elif manifest["backend"] == "tensorrt" and manifest["precision"] == "int8":
-            qdq_source = Path(target) / manifest["backend_config"]["graph"]
-            recorded = manifest.get("calibration")
+        elif manifest.backend == "tensorrt" and manifest.precision == "int8":
+            qdq_source = Path(target) / manifest.backend_config["graph"]
+            recorded = manifest.calibration
             if recorded:  # draw the artifact's own calibration sample, so the measuring images are held out
                 calib_size, calib_seed = int(recorded.get("requested") or recorded["n"]), int(recorded["seed"])
     else:

@@ -82,7 +82,7 @@ class Service:
         info: dict[str, Any] = {"status": self.state, "pid": os.getpid()}
         if self.engine is not None and self.batcher is not None:
             m = self.engine.manifest
-            info.update(model=m["model"]["name"], head=self.engine.head, backend=self.engine.backend,
+            info.update(model=m.model.name, head=self.engine.head, backend=self.engine.backend,
                         precision=self.engine.precision, batch_sizes=self.warmed, max_batch=self.batcher.max_batch,
                         max_delay_ms=self.batcher.max_delay * 1000, max_queue=self.batcher.max_queue)
         return info
