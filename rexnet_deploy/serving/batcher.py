@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 
+from ..batch_shapes import batch_buckets, pad_to, padded_size
 from ..errors import Overloaded, ServiceClosed, UsageError
-from ..engine import batch_buckets, padded_size
 from .inputs import to_tensor
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -192,16 +192,13 @@ class Batcher:
     def _run_batch(self, live: list[_Request]) -> None:
         n = len(live)
         size = padded_size(n, self.batch_sizes)
-        batch = np.empty((size, *self._input_shape[1:]), dtype=np.float32)
-        for i, r in enumerate(live):
-            batch[i] = r.tensor
-        batch[n:] = batch[n - 1]  # padding: a copy of a real input, so every row is a valid image
+        # padding: copies of a real input, so every row is a valid image
+        batch = pad_to([r.tensor for r in live], size)
         t0 = time.perf_counter()
         try:
-            self.engine._check_open()
-            # the backend hook itself: every row was checked in its request, so the engine's
-            # whole-batch validate (a NaN scan of the full batch) would only repeat that work
-            outputs = self.engine._infer(batch)
+            # unchecked: every row was checked in its request, so the engine's whole-batch
+            # validate (a NaN scan of the full batch) would only repeat that work
+            outputs = self.engine.run_batch(batch, check=False)
         except BaseException as exc:  # the engine failed: only then does a whole batch fail
             self.stats.failed_batches += 1
             for r in live:
@@ -226,7 +223,7 @@ class Batcher:
         for size in self.batch_sizes:
             x = np.zeros((size, *self._input_shape[1:]), dtype=np.float32)
             for _ in range(rounds):
-                self.engine._infer(x)
+                self.engine.run_batch(x, check=False)
         return list(self.batch_sizes)
 
     def close(self, drain: bool = True, timeout: float | None = None) -> None:
