@@ -16,6 +16,11 @@ a CuPy array, ...) and return outputs of the same kind:
   "GPU-resident" a lie).
 
 Tensors are detected by duck typing (``__dlpack__``), so this module never imports torch.
+
+``engine.run_batch(x)`` is the one path from a host batch to the backend (``__call__``, ``run``
+and ``infer`` end there; TorchScript runs a tensor where it lies instead); ``run_batch(x, check=False)`` skips the whole-batch validation for
+callers that checked every row already (the serving batcher). Input checks and padding are
+:mod:`rexnet_deploy.batch_shapes`'.
 """
 
 from __future__ import annotations
@@ -186,7 +191,7 @@ class Engine:
 
     def _dispatch(self, batch: Any) -> list:
         if isinstance(batch, np.ndarray) or not hasattr(batch, "__dlpack__"):
-            return self._infer(self.validate(batch))  # validate names what is wrong with a non-array
+            return self.run_batch(batch)  # validate names what is wrong with a non-array
         return self._infer_tensor(batch)
 
     def _infer_tensor(self, batch: Any) -> list:
@@ -202,7 +207,7 @@ class Engine:
             array = np.from_dlpack(batch)
         except (BufferError, TypeError, RuntimeError) as exc:
             raise InputError(f"cannot view this {type(batch).__name__} as an array: {one_line(exc)}") from None
-        return [back(out if out.flags.writeable else out.copy()) for out in self._infer(self.validate(array))]
+        return [back(out if out.flags.writeable else out.copy()) for out in self.run_batch(array)]
 
     def infer(self, batch: np.ndarray) -> list[np.ndarray]:
         """Any number of images: chunks of at most the largest batch, a short last chunk padded

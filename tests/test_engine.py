@@ -297,7 +297,7 @@ def test_torchscript_engine_exposes_its_module_device_and_dtype(engine):
     import torch
 
     assert engine.torch_device == torch.device("cpu") and engine.torch_dtype == torch.float32
-    x = np.random.default_rng(8).standard_normal((2, 3, 224, 224), dtype=np.float32)
+    x = np.random.default_rng(8).standard_normal((1, 3, 224, 224), dtype=np.float32)
     with torch.inference_mode():
         t = torch.from_numpy(x).to(engine.torch_device).to(dtype=engine.torch_dtype, memory_format=torch.channels_last)
         by_hand = engine.module(t).float().numpy()
