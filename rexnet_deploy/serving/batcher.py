@@ -205,8 +205,8 @@ class Batcher:
                 r.future.set_exception(exc)
             return
         seconds = time.perf_counter() - t0
-        for i, r in enumerate(live):
-            r.future.set_result(outputs[0][i].copy() if len(outputs) == 1 else tuple(o[i].copy() for o in outputs))
+        # counted before any answer goes out: a caller that has its answer sees its batch in
+        # the stats and the metrics (answering first raced a /metrics read right after)
         self.stats.batches += 1
         self.stats.requests += n
         self.stats.sizes[n] += 1
@@ -215,6 +215,8 @@ class Batcher:
                 self._on_batch(n, size, seconds)
             except Exception:  # a metrics hook must never take the worker down
                 pass
+        for i, r in enumerate(live):
+            r.future.set_result(outputs[0][i].copy() if len(outputs) == 1 else tuple(o[i].copy() for o in outputs))
 
     # -- warm-up and shutdown --------------------------------------------------------------
     def warmup(self, rounds: int = 2) -> list[int]:
