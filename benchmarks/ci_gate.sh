@@ -21,7 +21,7 @@ max_regression=${MAX_REGRESSION:-0.25}  # see above: 15% is inside one VM's drif
 if [[ ${1:-} != --save ]]; then
   # builds and timing are minutes: first ask whether the baseline gates this host's class at all
   rc=0
-  .venv/bin/python -m rexnet_deploy.harness.baseline "$baseline" || rc=$?
+  .venv/bin/python -m benchmarks.baseline "$baseline" || rc=$?
   if (( rc == 3 )); then exit 0; fi  # not gated: the warning above says so and how to add the class
   if (( rc != 0 )); then exit "$rc"; fi
 fi

@@ -6,7 +6,8 @@
 # 1: a target failed or a section errored; 2: no CUDA GPU (or bad arguments).
 #   bash benchmarks/gpu_suite.sh OUT_DIR --weights FILE --dev DIR [--calib DIR] [--budget S]
 #   bash benchmarks/gpu_suite.sh OUT_DIR --dry-run     # the same code on the CPU (a smoke run)
-# Relative paths are taken from the repository root (the script cd-s there). A thin wrapper: see `python -m rexnet_deploy.harness.gpu_suite --help`. Uses $PYTHON, else the
+# Relative paths are taken from the repository root (the script cd-s there). A thin wrapper: see
+# `python -m benchmarks.gpu_suite --help` (run from the repository root). Uses $PYTHON, else the
 # repository's .venv when there is one, else python3 (a bare GPU host: no venv, PYTHONPATH=.).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -15,4 +16,4 @@ if [[ -z $py ]]; then
   if [[ -x .venv/bin/python ]]; then py=.venv/bin/python; else py=python3; fi
 fi
 export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
-exec "$py" -m rexnet_deploy.harness.gpu_suite "$@"
+exec "$py" -m benchmarks.gpu_suite "$@"

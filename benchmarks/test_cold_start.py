@@ -33,7 +33,7 @@ t2 = time.perf_counter()
 if sys.argv[3] == "predict":
     engine.predict(sys.argv[4], topk=1)
 else:  # serve's warm-up: Batcher.warmup runs these sizes (powers of two up to max_batch 32)
-    from rexnet_deploy.engine import batch_buckets
+    from rexnet_deploy.batch_shapes import batch_buckets
     for n in batch_buckets(1, 32):
         engine(np.zeros((n, 3, 224, 224), np.float32))
 t3 = time.perf_counter()

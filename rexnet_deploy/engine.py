@@ -16,6 +16,11 @@ a CuPy array, ...) and return outputs of the same kind:
   "GPU-resident" a lie).
 
 Tensors are detected by duck typing (``__dlpack__``), so this module never imports torch.
+
+``engine.run_batch(x)`` is the one path from a host batch to the backend (``__call__``, ``run``
+and ``infer`` end there; TorchScript runs a tensor where it lies instead); ``run_batch(x, check=False)`` skips the whole-batch validation for
+callers that checked every row already (the serving batcher). Input checks and padding are
+:mod:`rexnet_deploy.batch_shapes`'.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import numpy as np
 from . import backends
 from .artifact import Artifact, load_artifact
 from .backends.base import check_load_options
+from .batch_shapes import check_array, check_layout, pad_to
 from .errors import ArtifactError, InputError, RexnetDeployError, UsageError, one_line
 from .images import LoadedImages, expand_paths, load_images
 from .manifest import Manifest
@@ -157,33 +163,22 @@ class Engine:
         if not isinstance(batch, np.ndarray):
             raise InputError(f"engine input must be a numpy array, got {type(batch).__name__} "
                              "(or a DLPack tensor: a torch tensor, a CuPy array)")
-        self.check_layout(tuple(batch.shape), str(batch.dtype))
-        if not self._finite_on_device and not np.isfinite(batch).all():
-            raise InputError("engine input contains NaN or inf values")
-        return np.ascontiguousarray(batch)
+        return check_array(batch, self.input_shape, self.batch_range, scan_finite=not self._finite_on_device)
 
     def check_layout(self, shape: tuple[int, ...], dtype: str) -> None:
         """The shape/dtype/batch-range part of :meth:`validate`, for arrays of any library
         (``dtype`` by name: ``float32``). Tensors in GPU memory are not scanned for NaN/inf:
         that would synchronise the device on every call."""
-        _, c, h, w = self.input_shape
-        if len(shape) == 3 and shape == (c, h, w):
-            raise InputError(f"engine input must be a batch NCHW; add the batch axis: x[None] (shape (1, {c}, {h}, {w}))")
-        if len(shape) != 4:
-            raise InputError(f"engine input must be 4-D NCHW (N, {c}, {h}, {w}), got shape {shape}")
-        if shape[1:] != (c, h, w):
-            if shape[1:] == (h, w, c):
-                raise InputError(
-                    f"engine input looks NHWC {shape}; expected NCHW: use x.transpose(0, 3, 1, 2)"
-                )
-            raise InputError(f"engine input must have shape (N, {c}, {h}, {w}), got {shape}")
-        if dtype != "float32":
-            raise InputError(
-                f"engine input must be float32 (normalized, see engine.preprocess), got {dtype}"
-            )
-        lo, hi = self.batch_range
-        if not lo <= shape[0] <= hi:
-            raise InputError(f"batch size {shape[0]} is outside this engine's range {lo}..{hi}")
+        check_layout(shape, dtype, self.input_shape, self.batch_range)
+
+    def run_batch(self, batch: np.ndarray, *, check: bool = True) -> list[np.ndarray]:
+        """The outputs, in ``output_names`` order, of one numpy batch of a size in ``batch_range``.
+        ``check=False`` skips :meth:`validate` (shape, dtype, range, the NaN/inf scan of the whole
+        batch), as Polygraphy's ``infer(check_inputs=False)`` does: for callers that checked every
+        row already, e.g. the serving batcher, which checks each request on its own. An unchecked
+        bad batch fails however the runtime fails."""
+        self._check_open()
+        return self._infer(self.validate(batch) if check else batch)
 
     def run(self, batch: Any) -> dict[str, Any]:
         """All outputs by name for one validated batch (numpy, or tensors for a tensor batch)."""
@@ -199,7 +194,7 @@ class Engine:
 
     def _dispatch(self, batch: Any) -> list:
         if isinstance(batch, np.ndarray) or not hasattr(batch, "__dlpack__"):
-            return self._infer(self.validate(batch))  # validate names what is wrong with a non-array
+            return self.run_batch(batch)  # validate names what is wrong with a non-array
         return self._infer_tensor(batch)
 
     def _infer_tensor(self, batch: Any) -> list:
@@ -215,22 +210,20 @@ class Engine:
             array = np.from_dlpack(batch)
         except (BufferError, TypeError, RuntimeError) as exc:
             raise InputError(f"cannot view this {type(batch).__name__} as an array: {one_line(exc)}") from None
-        return [back(out if out.flags.writeable else out.copy()) for out in self._infer(self.validate(array))]
+        return [back(out if out.flags.writeable else out.copy()) for out in self.run_batch(array)]
 
     def infer(self, batch: np.ndarray) -> list[np.ndarray]:
         """Any number of images: chunks of at most the largest batch, a short last chunk padded
         up to the smallest (and the padding dropped from the outputs)."""
         self._check_open()
         if not (isinstance(batch, np.ndarray) and batch.ndim == 4 and batch.shape[0] >= 1):
-            return self._infer(self.validate(batch))  # validate raises the precise error
+            return self.run_batch(batch)  # validate raises the precise error
         lo, hi = self.batch_range
         parts = []
         for start in range(0, len(batch), hi):
             chunk = batch[start:start + hi]
             n = len(chunk)
-            if n < lo:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], lo - n, axis=0)])
-            parts.append([out[:n] for out in self._infer(self.validate(chunk))])
+            parts.append([out[:n] for out in self.run_batch(pad_to(chunk, max(n, lo)))])
         if len(parts) == 1:
             return parts[0]
         return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
@@ -313,16 +306,6 @@ def _as_list(images: Any) -> Sequence:
     raise InputError(f"cannot use a {type(images).__name__} as images")
 
 
-def batch_buckets(lo: int, hi: int) -> list[int]:
-    """``lo``, every power of two between, and ``hi``: the batch sizes a runtime that compiles per
-    shape is warmed at, and that other batch sizes are padded up to (:func:`padded_size`)."""
-    return [lo] + [2 ** k for k in range(max(lo - 1, 0).bit_length(), hi.bit_length()) if lo < 2 ** k < hi] \
-        + ([hi] if hi != lo else [])
-
-
-def padded_size(n: int, sizes: Sequence[int]) -> int:
-    """The smallest of ``sizes`` that holds ``n`` rows (``n`` itself when none does)."""
-    return min((m for m in sizes if m >= n), default=n)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .batch import COLUMNS, ParquetSink, predict_rows
+from .batch_rows import COLUMNS, ParquetSink, predict_rows
 from .errors import UsageError
 
 

@@ -140,6 +140,51 @@ def test_closed_engine_refuses_calls(ts_engine_path):
         pass
     with pytest.raises(UsageError, match="closed"):
         e(np.zeros((1, 3, 224, 224), np.float32))
+    with pytest.raises(UsageError, match="closed"):
+        e.run_batch(np.zeros((1, 3, 224, 224), np.float32), check=False)
+
+
+def test_run_batch_validates_unless_told_the_rows_were_checked(engine):
+    from rexnet_deploy.errors import InputError
+
+    x = np.random.default_rng(7).standard_normal((3, 3, 224, 224), dtype=np.float32)
+    want = engine(x)
+    for check in (True, False):
+        got = engine.run_batch(x, check=check)
+        assert isinstance(got, list) and len(got) == 1
+        np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=1e-6)
+    x[1, 0, 0, 0] = np.nan
+    with pytest.raises(InputError, match="NaN or inf"):
+        engine.run_batch(x)
+    with pytest.raises(InputError, match="outside this engine's range"):
+        engine.run_batch(np.zeros((9, 3, 224, 224), np.float32))
+    unchecked = engine.run_batch(x, check=False)[0]  # no scan: the NaN reaches the model
+    assert np.isnan(unchecked[1]).any() and np.isfinite(unchecked[0]).all()
+
+
+def test_pad_to_fills_with_the_last_row_or_zeros_for_arrays_tensors_and_rows():
+    import torch
+
+    from rexnet_deploy.batch_shapes import pad_to
+
+    x = np.arange(2 * 3, dtype=np.float32).reshape(2, 3) + 1
+    last = pad_to(x, 4)
+    assert last.shape == (4, 3) and last.dtype == np.float32
+    np.testing.assert_array_equal(last, x[[0, 1, 1, 1]])
+    np.testing.assert_array_equal(pad_to(x, 3, fill="zeros"), np.concatenate([x, np.zeros((1, 3), np.float32)]))
+    assert pad_to(x, 2) is x  # nothing to pad: no copy
+    stacked = pad_to([x[0], x[1]], 3)  # rows (the serving batcher): stacked and padded in one array
+    np.testing.assert_array_equal(stacked, x[[0, 1, 1]])
+    np.testing.assert_array_equal(pad_to([x[0], x[1]], 2), x)
+    t = torch.from_numpy(x)
+    for fill, want in (("last", x[[0, 1, 1]]), ("zeros", np.concatenate([x, np.zeros((1, 3), np.float32)]))):
+        padded = pad_to(t, 3, fill=fill)
+        assert isinstance(padded, torch.Tensor) and padded.dtype == t.dtype and padded.device == t.device
+        np.testing.assert_array_equal(padded.numpy(), want)
+    with pytest.raises(ValueError, match="cannot pad 2 rows to 1"):
+        pad_to(x, 1)
+    with pytest.raises(ValueError, match="fill must be"):
+        pad_to(x, 3, fill="edge")
 
 
 def test_fresh_process_load_imports_no_timm_and_predicts(ts_engine_path, image_dir):
@@ -245,6 +290,18 @@ def test_torchscript_options_are_checked(ts_engine_path):
         Engine.load(ts_engine_path, warm=False, warm_batches=[1])
     with pytest.raises(UsageError, match="unknown torchscript options: fast"):
         Engine.load(ts_engine_path, fast=True)
+
+
+def test_torchscript_engine_exposes_its_module_device_and_dtype(engine):
+    """What the GPU suite's hand-timed loop calls: the engine's own module, fed as the engine feeds it."""
+    import torch
+
+    assert engine.torch_device == torch.device("cpu") and engine.torch_dtype == torch.float32
+    x = np.random.default_rng(8).standard_normal((1, 3, 224, 224), dtype=np.float32)
+    with torch.inference_mode():
+        t = torch.from_numpy(x).to(engine.torch_device).to(dtype=engine.torch_dtype, memory_format=torch.channels_last)
+        by_hand = engine.module(t).float().numpy()
+    np.testing.assert_allclose(by_hand, engine(x), rtol=1e-5, atol=1e-6)
 
 
 def test_warm_at_load_records_each_batch_size(ts_engine_path):

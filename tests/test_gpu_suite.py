@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from rexnet_deploy.harness import gpu_suite as gs
+from benchmarks import gpu_suite as gs
+from rexnet_deploy.harness.suite import Row, exit_status, judge, target_text
 
 REPO = Path(__file__).resolve().parents[1]
 # what a bare GPU host may lack: the suite must not need any of it
@@ -45,22 +46,22 @@ def _cuda() -> bool:
 
 # -- targets and rows ------------------------------------------------------------------------------
 def test_judge_each_target_kind():
-    assert gs.judge(1.19, "<=", 1.2) == "pass" and gs.judge(1.21, "<=", 1.2) == "fail"
-    assert gs.judge(0.9, ">=", 0.9) == "pass" and gs.judge(0.89, ">=", 0.9) == "fail"
-    assert gs.judge(1.09, "within", 0.1) == "pass" and gs.judge(0.91, "within", 0.1) == "pass"
-    assert gs.judge(1.11, "within", 0.1) == "fail" and gs.judge(0.89, "within", 0.1) == "fail"
-    assert gs.judge(float("nan"), ">=", 0.0) == "fail" and gs.judge(None, "<=", 1.0) == "fail"
-    assert gs.target_text("within", 0.1) == "1 ± 0.1" and gs.target_text(">=", 0.9) == ">= 0.9"
+    assert judge(1.19, "<=", 1.2) == "pass" and judge(1.21, "<=", 1.2) == "fail"
+    assert judge(0.9, ">=", 0.9) == "pass" and judge(0.89, ">=", 0.9) == "fail"
+    assert judge(1.09, "within", 0.1) == "pass" and judge(0.91, "within", 0.1) == "pass"
+    assert judge(1.11, "within", 0.1) == "fail" and judge(0.89, "within", 0.1) == "fail"
+    assert judge(float("nan"), ">=", 0.0) == "fail" and judge(None, "<=", 1.0) == "fail"
+    assert target_text("within", 0.1) == "1 ± 0.1" and target_text(">=", 0.9) == ">= 0.9"
     with pytest.raises(ValueError):
-        gs.judge(1.0, "<", 2.0)
+        judge(1.0, "<", 2.0)
 
 
 def test_exit_status_fails_on_fail_or_error_and_a_dry_run_on_errors_only():
-    rows = [gs.Row("s", "a", status="pass"), gs.Row("s", "b", status="skip"), gs.Row("s", "c", status="info")]
-    assert gs.exit_status(rows) == 0
-    assert gs.exit_status([*rows, gs.Row("s", "d", status="fail")]) == 1
-    assert gs.exit_status([*rows, gs.Row("s", "d", status="fail")], dry_run=True) == 0
-    assert gs.exit_status([*rows, gs.Row("s", "d", status="error")], dry_run=True) == 1
+    rows = [Row("s", "a", status="pass"), Row("s", "b", status="skip"), Row("s", "c", status="info")]
+    assert exit_status(rows) == 0
+    assert exit_status([*rows, Row("s", "d", status="fail")]) == 1
+    assert exit_status([*rows, Row("s", "d", status="fail")], dry_run=True) == 0
+    assert exit_status([*rows, Row("s", "d", status="error")], dry_run=True) == 1
 
 
 class FakeClock:
@@ -77,7 +78,7 @@ def _cfg(tmp_path: Path, **kw) -> gs.Config:
 
 def test_sections_run_skip_on_budget_and_turn_exceptions_into_error_rows(tmp_path, capsys):
     clock = FakeClock()
-    suite = gs.Suite(_cfg(tmp_path, budget=100.0), clock=clock)
+    suite = gs.GpuSuite(_cfg(tmp_path, budget=100.0), clock=clock)
 
     def measures() -> None:
         clock.now += 30
@@ -112,7 +113,7 @@ def test_sections_run_skip_on_budget_and_turn_exceptions_into_error_rows(tmp_pat
 
 
 def test_markdown_appends_each_bench_table(tmp_path):
-    suite = gs.Suite(_cfg(tmp_path))
+    suite = gs.GpuSuite(_cfg(tmp_path))
     row = {"batch": 1, "p50_ms": 2.0, "p90_ms": 2.1, "p99_ms": 2.5, "mean_ms": 2.05, "throughput_ips": 480.0,
            "first_call_ms": 2.2, "steady": True}
     ref = {**row, "p50_ms": 6.0, "throughput_ips": 160.0}
@@ -122,7 +123,7 @@ def test_markdown_appends_each_bench_table(tmp_path):
         "reference": {"kind": "torch eager fp32", "device": "cuda:0", "results": [ref]},
         "reference_fp16": {"kind": "torch eager fp16 autocast", "device": "cuda:0", "results": [ref]},
         "speedup": {"1": 3.0}, "speedup_vs_fp16_eager": {"1": 3.0}, "settings": {"io": "numpy"}}
-    md = gs.markdown(suite.result())
+    md = suite.markdown()
     assert "## torchscript fp16 (numpy I/O)" in md and "(NVIDIA H200; references: eager on cuda:0)" in md
     assert "| 1 | 2.00 | 2.10 | 2.50 | 2.05 | 480.0 | 2.2 | 6.00 | 160.0 | 3.00× | 6.00 | 160.0 | 3.00× |" in md
 
@@ -152,7 +153,7 @@ def test_the_suite_and_its_engine_path_import_nothing_optional(tmp_path):
     """A bare GPU host has torch, timm, onnx, but maybe no click/rich, and no openvino/nncf/
     modelopt/matplotlib: the suite, the build and the TorchScript runtime must not need them."""
     code = ("import sys\n"
-            "import rexnet_deploy.harness.gpu_suite, rexnet_deploy.builder, rexnet_deploy.backends.torchscript\n"
+            "import benchmarks.gpu_suite, rexnet_deploy.builder, rexnet_deploy.backends.torchscript\n"
             "import rexnet_deploy.harness.bench, rexnet_deploy.harness.check, rexnet_deploy.harness.reference\n"
             f"print(sorted(m for m in {OPTIONAL!r} if m in sys.modules))\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
@@ -163,7 +164,7 @@ def test_the_suite_and_its_engine_path_import_nothing_optional(tmp_path):
 
 @pytest.mark.skipif(_cuda(), reason="this host has a CUDA GPU: the suite would run")
 def test_without_a_gpu_the_suite_refuses_in_one_line(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "rexnet_deploy.harness.gpu_suite", str(tmp_path / "out")],
+    r = subprocess.run([sys.executable, "-m", "benchmarks.gpu_suite", str(tmp_path / "out")],
                        capture_output=True, text=True, timeout=300, env=_bare_host_env(tmp_path), cwd=REPO)
     assert r.returncode == 2
     lines = [line for line in r.stderr.splitlines() if line.strip()]
@@ -181,7 +182,7 @@ def test_dry_run_on_a_bare_host_runs_every_section(tmp_path):
 
     dev = SHARED / "data" / "imagenet-sample" / "dev"
     args = ["--dry-run", "--budget", "600"] + (["--dev", str(dev)] if dev.is_dir() else [])
-    r = subprocess.run([sys.executable, "-m", "rexnet_deploy.harness.gpu_suite", str(tmp_path / "out"), *args],
+    r = subprocess.run([sys.executable, "-m", "benchmarks.gpu_suite", str(tmp_path / "out"), *args],
                        capture_output=True, text=True, timeout=900, env=_bare_host_env(tmp_path), cwd=REPO)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     data = json.loads((tmp_path / "out" / "gpu_suite.json").read_text())
@@ -201,9 +202,9 @@ def test_the_watchdog_writes_the_report_and_ends_a_stuck_run(tmp_path):
     watchdog writes what the suite has and ends the process (exit 124)."""
     code = ("import time\n"
             "from pathlib import Path\n"
-            "from rexnet_deploy.harness import gpu_suite as gs\n"
+            "from benchmarks import gpu_suite as gs\n"
             f"cfg = gs.Config(out=Path({str(tmp_path / 'out')!r}), weights=None, dev=None, calib=None, budget=0.5)\n"
-            "suite = gs.Suite(cfg)\n"
+            "suite = gs.GpuSuite(cfg)\n"
             "suite.add('setup', 'a row before', 1.0)\n"
             "gs._watchdog(suite, 1.0)\n"
             "time.sleep(60)\n")

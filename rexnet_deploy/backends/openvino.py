@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..batch_shapes import pad_to
 from ..engine import Engine
 from ..errors import BackendUnavailable, BuildError, UsageError
 from .openvino_convert import convert
@@ -231,8 +232,7 @@ class OpenVINOEngine(Engine):
         n = len(batch)
         part = -(-n // min(self._n_streams, n))
         padded = -(-n // part) * part
-        if padded > n:
-            batch = np.concatenate([batch, np.repeat(batch[-1:], padded - n, axis=0)])
+        batch = pad_to(batch, padded)
         key = ("THROUGHPUT", part)
         compiled = self._compiled_for(*key)
         # one AsyncInferQueue per caller at a time (pooled): a shared one would mix callers' results

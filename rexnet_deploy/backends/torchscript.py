@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from ..engine import Engine, batch_buckets, from_dlpack_of, padded_size
+from ..batch_shapes import batch_buckets, pad_to, padded_size
+from ..engine import Engine, from_dlpack_of
 from ..outputs import output_list
 from ..errors import BackendUnavailable, BuildError, InputError, UsageError, one_line
 
@@ -201,7 +202,7 @@ class TorchScriptEngine(Engine):
       on the first calls of every new shape (seconds), which a service must not pay on a request.
       ``engine.warmup`` holds what each size cost (first call, calls, seconds);
     * ``warm_batches``: the sizes to warm [:func:`default_warm_batches`]; on CUDA a call of
-      another size runs padded to the next warmed size (:func:`~rexnet_deploy.engine.padded_size`);
+      another size runs padded to the next warmed size (:func:`~rexnet_deploy.batch_shapes.padded_size`);
     * ``cuda_graph``: also capture one CUDA graph per warmed size and replay it for calls of that
       size (numpy calls go through pinned host buffers); other sizes run the module. Calls are
       serialised by a lock; tensor calls must come from one CUDA stream at a time (the graphs
@@ -296,16 +297,30 @@ class TorchScriptEngine(Engine):
                                      "load it without cuda_graph") from None
 
     @property
+    def module(self) -> Any:
+        """The loaded TorchScript module (``torch.jit.ScriptModule``) this engine calls: to time or
+        inspect it outside the engine. It takes channels-last input in :attr:`torch_dtype` on
+        :attr:`torch_device` (what :meth:`run_batch` feeds it)."""
+        return self._module
+
+    @property
+    def torch_device(self) -> Any:
+        """The ``torch.device`` the module runs on (with its index on CUDA)."""
+        return self._device
+
+    @property
+    def torch_dtype(self) -> Any:
+        """The ``torch.dtype`` the module computes in: float16 for FP16 engines, else float32."""
+        return self._dtype
+
+    @property
     def graph_batches(self) -> tuple[int, ...]:
         """The batch sizes that replay a CUDA graph (empty without ``cuda_graph``)."""
         return tuple(self._graphs)
 
     def _infer(self, batch: np.ndarray) -> list[np.ndarray]:
         n = len(batch)
-        m = padded_size(n, self._buckets)
-        if m != n:
-            batch = np.concatenate([batch, np.zeros((m - n, *batch.shape[1:]), batch.dtype)])
-        return [o[:n] for o in self._infer_at(batch)]
+        return [o[:n] for o in self._infer_at(pad_to(batch, padded_size(n, self._buckets), fill="zeros"))]
 
     def _infer_at(self, batch: np.ndarray) -> list[np.ndarray]:
         torch = self._torch
@@ -344,8 +359,7 @@ class TorchScriptEngine(Engine):
                 raise InputError("engine input contains NaN or inf values")
             n = x.shape[0]
             m = padded_size(n, self._buckets)
-            if m != n:
-                x = torch.cat([x, x.new_zeros((m - n, *x.shape[1:]))])
+            x = pad_to(x, m, fill="zeros")
             graph = self._graphs.get(m)
             if graph is not None:
                 with self._lock:

@@ -28,7 +28,6 @@ from ..errors import UsageError
 KIND = "rexnet-deploy-baseline"
 VERSION = 2  # 2: entries per instruction-set class ("classes"); 1 had one host, named by CPU model
 DEFAULT_MAX_REGRESSION = 0.15
-NOT_GATED = 3  # exit status of ``python -m rexnet_deploy.harness.baseline`` on a class without an entry
 # How far an agreement metric may fall below the baseline's (absolute): one image in 100 for top-1.
 AGREEMENT_TOLERANCE = {"top1_agreement": 0.01, "top5_agreement": 0.01, "cosine_min": 0.005, "sqnr_db": 1.0}
 
@@ -207,25 +206,3 @@ def markdown(result: dict[str, Any]) -> str:
         lines[-1] += (f" (speedups: the best of {result['attempts']} measurements; "
                       f"a regression must reproduce in every one)")
     return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m rexnet_deploy.harness.baseline FILE``: exit 0 when FILE gates this host's CPU
-    class, 3 (with the not-gated warning on stderr) when it has no entry for it, 2 on a bad file.
-    ``benchmarks/ci_gate.sh`` asks this before spending minutes on builds it could not gate."""
-    import sys
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 1:
-        print("usage: python -m rexnet_deploy.harness.baseline BASELINE.json", file=sys.stderr)
-        return 2
-    try:
-        base = load_for_host(args[0], warn=lambda m: print(m, file=sys.stderr))
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0 if base is not None else NOT_GATED
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

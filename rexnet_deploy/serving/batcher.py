@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 
+from ..batch_shapes import batch_buckets, pad_to, padded_size
 from ..errors import Overloaded, ServiceClosed, UsageError
-from ..engine import batch_buckets, padded_size
 from .inputs import to_tensor
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -192,24 +192,21 @@ class Batcher:
     def _run_batch(self, live: list[_Request]) -> None:
         n = len(live)
         size = padded_size(n, self.batch_sizes)
-        batch = np.empty((size, *self._input_shape[1:]), dtype=np.float32)
-        for i, r in enumerate(live):
-            batch[i] = r.tensor
-        batch[n:] = batch[n - 1]  # padding: a copy of a real input, so every row is a valid image
+        # padding: copies of a real input, so every row is a valid image
+        batch = pad_to([r.tensor for r in live], size)
         t0 = time.perf_counter()
         try:
-            self.engine._check_open()
-            # the backend hook itself: every row was checked in its request, so the engine's
-            # whole-batch validate (a NaN scan of the full batch) would only repeat that work
-            outputs = self.engine._infer(batch)
+            # unchecked: every row was checked in its request, so the engine's whole-batch
+            # validate (a NaN scan of the full batch) would only repeat that work
+            outputs = self.engine.run_batch(batch, check=False)
         except BaseException as exc:  # the engine failed: only then does a whole batch fail
             self.stats.failed_batches += 1
             for r in live:
                 r.future.set_exception(exc)
             return
         seconds = time.perf_counter() - t0
-        for i, r in enumerate(live):
-            r.future.set_result(outputs[0][i].copy() if len(outputs) == 1 else tuple(o[i].copy() for o in outputs))
+        # counted before any answer goes out: a caller that has its answer sees its batch in
+        # the stats and the metrics (answering first raced a /metrics read right after)
         self.stats.batches += 1
         self.stats.requests += n
         self.stats.sizes[n] += 1
@@ -218,6 +215,8 @@ class Batcher:
                 self._on_batch(n, size, seconds)
             except Exception:  # a metrics hook must never take the worker down
                 pass
+        for i, r in enumerate(live):
+            r.future.set_result(outputs[0][i].copy() if len(outputs) == 1 else tuple(o[i].copy() for o in outputs))
 
     # -- warm-up and shutdown --------------------------------------------------------------
     def warmup(self, rounds: int = 2) -> list[int]:
@@ -226,7 +225,7 @@ class Batcher:
         for size in self.batch_sizes:
             x = np.zeros((size, *self._input_shape[1:]), dtype=np.float32)
             for _ in range(rounds):
-                self.engine._infer(x)
+                self.engine.run_batch(x, check=False)
         return list(self.batch_sizes)
 
     def close(self, drain: bool = True, timeout: float | None = None) -> None:

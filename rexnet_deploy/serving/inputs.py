@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..batch_shapes import check_array
 from ..errors import ImageError, InputError
 from ..images import array_to_image, decode_or_fail, load_image, to_rgb
 from ..preprocess import PreprocessConfig, preprocess_image
@@ -26,19 +27,10 @@ def decode_image_bytes(data: bytes, *, draft: PreprocessConfig | None = None) ->
 
 def check_tensor(x: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
     """A preprocessed (C, H, W) or (1, C, H, W) float32 array → contiguous (C, H, W); InputError
-    with the fix otherwise (the batcher skips the engine's whole-batch validation, so this is it)."""
-    _, c, h, w = input_shape
+    with the fix otherwise (the batcher runs its batches unchecked, so this is the check)."""
     if x.ndim == 4 and x.shape[0] == 1:
         x = x[0]
-    if x.shape != (c, h, w):
-        if x.shape == (h, w, c):
-            raise InputError(f"tensor looks HWC {x.shape}; expected CHW ({c}, {h}, {w}): use x.transpose(2, 0, 1)")
-        raise InputError(f"tensor must have shape ({c}, {h}, {w}) (one image, CHW), got {x.shape}")
-    if x.dtype != np.float32:
-        raise InputError(f"tensor must be float32 (normalized, see engine.preprocess), got {x.dtype}")
-    if not np.isfinite(x).all():
-        raise InputError("tensor contains NaN or inf values")
-    return np.ascontiguousarray(x)
+    return check_array(x, input_shape)
 
 
 def to_tensor(item: Any, cfg: PreprocessConfig, input_shape: tuple[int, ...], *, fast: bool = False) -> np.ndarray:

@@ -1,14 +1,15 @@
 """The GPU suite: every GPU check of the project in one bounded run on one GPU.
 
     bash benchmarks/gpu_suite.sh OUT_DIR --weights FILE --dev DIR [--calib DIR]
-    PYTHONPATH=. python3 -m rexnet_deploy.harness.gpu_suite OUT_DIR ...   (the same)
+    python3 -m benchmarks.gpu_suite OUT_DIR ...   (the same, from the repository root)
     ... --dry-run        the same code on the CPU with tiny settings: a smoke run before GPU time
 
 It needs torch (>= 2.4) and timm, nothing else of the optional stack: no click/rich (it calls the
 Python API, not the CLI), no openvino/nncf/modelopt/matplotlib; TensorRT rows run when
 ``tensorrt`` imports and are skipped with the reason otherwise. It writes ``gpu_suite.json`` and
 ``gpu_suite.md`` to OUT_DIR (or ``$OUT``) after every section, so a run cut short still leaves
-its rows. Every row says pass/fail against its target (or info/skip/error). Sections:
+its rows. Every row says pass/fail against its target (or info/skip/error); the rows, the budget
+and the report are :mod:`rexnet_deploy.harness.suite`'s. Sections:
 
 * TorchScript FP16 build on CUDA (weights file when given, else seeded random weights, marked),
   checked on the dev photos; what the warm-up at load cost per batch size;
@@ -31,107 +32,27 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import math
 import os
 import shutil
 import sys
 import tempfile
 import threading
 import time
-import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..errors import RexnetDeployError, one_line
+from rexnet_deploy.errors import one_line
+from rexnet_deploy.harness.suite import STATUSES, Suite, write_report
 
-STATUSES = ("pass", "fail", "info", "skip", "error")
-OPS = ("<=", ">=", "within")
 WATCHDOG_GRACE_S = 60.0
 CANDIDATES = {  # where the suite looks when --weights/--dev/--calib are not given
     "weights": ("gpu_carry/rexnet_100-exemplar400.safetensors", "../shared/models/rexnet_100-exemplar400.safetensors"),
     "dev": ("gpu_carry/dev", "../shared/data/imagenet-sample/dev"),
     "calib": ("gpu_carry/calib", "../shared/data/imagenet-sample/calib"),
 }
-
-
-# -- rows and targets (no torch) -------------------------------------------------------------------
-@dataclass
-class Row:
-    """One line of the suite's table."""
-
-    section: str
-    name: str
-    value: float | str | None = None
-    unit: str = ""
-    target: str = ""
-    status: str = "info"  # one of STATUSES
-    note: str = ""
-
-
-def judge(value: float, op: str, bound: float) -> str:
-    """``pass`` or ``fail`` of ``value`` against ``op bound`` (``within b``: |value - 1| <= b)."""
-    if op not in OPS:
-        raise ValueError(f"unknown target operator {op!r}")
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "fail"
-    ok = {"<=": value <= bound, ">=": value >= bound, "within": abs(value - 1.0) <= bound}[op]
-    return "pass" if ok else "fail"
-
-
-def target_text(op: str, bound: float) -> str:
-    return f"1 ± {bound:g}" if op == "within" else f"{op} {bound:g}"
-
-
-def exit_status(rows: Sequence[Row], *, dry_run: bool = False) -> int:
-    """0: no row failed or errored (skips allowed); 1 otherwise. A dry run fails on errors only:
-    its timings on a (shared) CPU judge nothing, it is there to catch crashes before GPU time."""
-    bad = ("error",) if dry_run else ("fail", "error")
-    return 1 if any(r.status in bad for r in rows) else 0
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.0f}"
-    return str(value)
-
-
-def markdown(result: dict[str, Any]) -> str:
-    """The suite's report as Markdown: environment, the rows, then each bench table."""
-    env = result.get("env", {})
-    counts = result.get("summary", {})
-    lines = [f"# GPU suite: {env.get('gpu', env.get('device', '?'))}", "",
-             f"- {', '.join(f'{k} {v}' for k, v in env.items() if k not in ('gpu',))}",
-             f"- {result.get('seconds', 0):.0f} s of a {result['config']['budget']:.0f} s budget; "
-             + ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES),
-             f"- verdict: **{'passed' if result.get('exit_status') == 0 else 'FAILED'}**"
-             + (" (dry run: judged on errors only)" if result["config"].get("dry_run") else ""), "",
-             "| section | check | value | unit | target | status | note |", "|---|---|---:|---|---|---|---|"]
-    for r in result["rows"]:
-        status = r["status"] if r["status"] in ("info", "skip") else f"**{r['status']}**"
-        note = str(r["note"]).replace("|", "/").replace("\n", " ")
-        lines.append(f"| {r['section']} | {r['name']} | {_fmt(r['value'])} | {r['unit']} | {r['target']} | "
-                     f"{status} | {note} |")
-    from .report import bench_markdown
-
-    for name, report in result.get("bench", {}).items():
-        lines += ["", f"## {name}", "", bench_markdown(report)]
-    return "\n".join(lines) + "\n"
-
-
-def write_report(out: Path, result: dict[str, Any]) -> None:
-    """``gpu_suite.json`` and ``gpu_suite.md`` in ``out`` (each replaced atomically)."""
-    out.mkdir(parents=True, exist_ok=True)
-    for name, text in (("gpu_suite.json", json.dumps(result, indent=2, default=str) + "\n"),
-                       ("gpu_suite.md", markdown(result))):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
 
 
 # -- configuration ---------------------------------------------------------------------------------
@@ -203,81 +124,18 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
 
 # -- the suite -------------------------------------------------------------------------------------
 @dataclass
-class Suite:
-    cfg: Config
-    clock: Callable[[], float] = time.monotonic
-    rows: list[Row] = field(default_factory=list)
-    bench: dict[str, Any] = field(default_factory=dict)
-    env: dict[str, Any] = field(default_factory=dict)
-    sections: dict[str, Any] = field(default_factory=dict)
-    started: float = 0.0
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+class GpuSuite(Suite):
+    """The suite's rows, written as gpu_suite.json / gpu_suite.md."""
 
-    def __post_init__(self) -> None:
-        self.started = self.clock()
-
-    def left(self) -> float:
-        return self.cfg.budget - (self.clock() - self.started)
-
-    def add(self, section: str, name: str, value: Any = None, unit: str = "", *,
-            target: tuple[str, float] | None = None, note: str = "", status: str | None = None,
-            goal: str = "") -> Row:
-        """One row: judged against ``target`` (op, bound), or with the given ``status`` (and
-        ``goal``: what a pass means, for rows judged by the caller)."""
-        if target is not None:
-            row = Row(section, name, value, unit, target_text(*target), judge(value, *target), note)
-        else:
-            row = Row(section, name, value, unit, goal, status or "info", note)
-        if row.status not in STATUSES:
-            raise ValueError(f"unknown status {row.status!r}")
-        with self._lock:
-            self.rows.append(row)
-        print(f"[{self.clock() - self.started:6.1f}s] {section}: {name} = {_fmt(value)} {unit} "
-              f"{row.target} {row.status.upper()} {note}".rstrip(), flush=True)
-        return row
-
-    def skip(self, section: str, names: Sequence[str], reason: str) -> None:
-        for name in names:
-            self.add(section, name, status="skip", note=reason)
-
-    def run_section(self, name: str, need_s: float, fn: Callable[[], None], skipped_rows: Sequence[str]) -> None:
-        """Run one section if ``need_s`` seconds are left (else its rows are skipped with the
-        reason); an exception is an ``error`` row, and the next section still runs."""
-        left = self.left()
-        t = self.clock()
-        if left < need_s:
-            self.skip(name, skipped_rows, f"time budget: {left:.0f} s left, the section needs ~{need_s:.0f} s")
-            self.sections[name] = {"status": "skipped", "seconds": 0.0}
-        else:
-            try:
-                fn()
-                self.sections[name] = {"status": "ran", "seconds": round(self.clock() - t, 1)}
-            except Exception as exc:  # noqa: BLE001 - one section's failure must not stop the others
-                what = one_line(exc) if isinstance(exc, RexnetDeployError) else f"{type(exc).__name__}: {one_line(exc)}"
-                self.add(name, "section", status="error", note=what)
-                self.sections[name] = {"status": "error", "seconds": round(self.clock() - t, 1),
-                                       "traceback": traceback.format_exc(limit=8)}
-        self.write()
-
-    def result(self) -> dict[str, Any]:
-        with self._lock:
-            rows = [asdict(r) for r in self.rows]
-            status = exit_status(self.rows, dry_run=self.cfg.dry_run)
-        counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
-        cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.cfg).items()}
-        return {"kind": "rexnet-deploy-gpu-suite", "version": 1, "config": cfg, "env": self.env,
-                "seconds": round(self.clock() - self.started, 1), "rows": rows, "summary": counts,
-                "exit_status": status, "sections": self.sections, "bench": self.bench}
-
-    def write(self) -> None:
-        write_report(self.cfg.out, self.result())
+    name: str = "gpu_suite"
+    title: str = "GPU suite"
 
 
 class GpuChecks:
     """The sections, sharing one reference model, the FP16 (dry run: FP32) engine, and timings."""
 
     def __init__(self, suite: Suite, torch: Any):
-        from .bench import cuda_sync
+        from rexnet_deploy.harness.bench import cuda_sync
 
         self.s, self.cfg, self.torch = suite, suite.cfg, torch
         self.cuda = not self.cfg.dry_run
@@ -295,8 +153,8 @@ class GpuChecks:
     # -- helpers ---------------------------------------------------------------------------------
     def steady(self, fn: Callable[[Any], Any], x: Any, seconds: float | None = None) -> dict[str, Any]:
         """p50 etc. of ``fn(x)`` after a steady warm-up, each call timed up to the device sync."""
-        from ..warmup import rule_for, warm_until_steady
-        from .bench import summarize, time_calls
+        from rexnet_deploy.harness.bench import summarize, time_calls
+        from rexnet_deploy.warmup import rule_for, warm_until_steady
 
         rule = rule_for(self.device, max_seconds=self.cfg.max_warmup_seconds)
         record = warm_until_steady(lambda: fn(x), rule, after=self.sync)
@@ -322,8 +180,8 @@ class GpuChecks:
         return self.torch.randn(batch, 3, 224, 224, generator=gen).to(self.device)
 
     def build(self, precision: str, name: str):
-        from ..builder import build
-        from ..spec import BuildSpec
+        from rexnet_deploy.builder import build
+        from rexnet_deploy.spec import BuildSpec
 
         t = self.s.clock()
         engine = build(self.model_spec, BuildSpec(backend="torchscript", precision=precision, device=self.device,
@@ -332,7 +190,7 @@ class GpuChecks:
         return engine, self.s.clock() - t
 
     def check_rows(self, section: str, engine) -> None:
-        from .check import check
+        from rexnet_deploy.harness.check import check
 
         if self.cfg.dev is None:
             self.s.skip(section, ["check on dev photos"], "no dev photos (--dev)")
@@ -352,7 +210,7 @@ class GpuChecks:
 
     def bench_rows(self, section: str, engine, key: str, *, io: str = "numpy",
                    batches: Sequence[int] | None = None, fp32_floor: float = 1.0) -> dict[str, Any]:
-        from .bench import bench
+        from rexnet_deploy.harness.bench import bench
 
         report = bench(engine, batches=tuple(batches or self.cfg.batches), reference=self.ref,
                        seconds=self.cfg.seconds, max_warmup_seconds=self.cfg.max_warmup_seconds, io=io)
@@ -377,9 +235,9 @@ class GpuChecks:
     def setup(self) -> None:
         import timm
 
-        from ..models import create_reference
-        from ..spec import ModelSpec, WeightsSpec
-        from .reference import TorchReference
+        from rexnet_deploy.harness.reference import TorchReference
+        from rexnet_deploy.models import create_reference
+        from rexnet_deploy.spec import ModelSpec, WeightsSpec
 
         torch = self.torch
         env = self.s.env
@@ -401,7 +259,7 @@ class GpuChecks:
                        "CUDA-only rows are skipped; timings mean nothing")
 
     def build_fast(self) -> None:
-        from ..engine import Engine
+        from rexnet_deploy.engine import Engine
 
         sec = f"torchscript {self.label}"
         self.engine, seconds = self.build(self.fast, "ts-main")
@@ -428,7 +286,7 @@ class GpuChecks:
     def hand_loop(self) -> None:
         """The same loaded module, timed by hand (numpy in, numpy out: the work engine(x) does)."""
         torch, sec = self.torch, "hand-timed loop"
-        module, dev, dtype = self.engine._module, self.engine._device, self.engine._dtype
+        module, dev, dtype = self.engine.module, self.engine.torch_device, self.engine.torch_dtype
         x = np.random.default_rng(1).standard_normal((1, 3, 224, 224), dtype=np.float32)
 
         def by_hand(batch: np.ndarray) -> np.ndarray:
@@ -457,8 +315,8 @@ class GpuChecks:
     def unwarmed(self) -> None:
         """The bug the warm-up fixes: what a fresh, unwarmed engine's first calls cost, and first
         calls at batch sizes the warm engine never saw."""
-        from ..engine import Engine
-        from ..warmup import rule_for, warm_until_steady
+        from rexnet_deploy.engine import Engine
+        from rexnet_deploy.warmup import rule_for, warm_until_steady
 
         sec = "first calls"
         x1 = np.random.default_rng(2).standard_normal((1, 3, 224, 224), dtype=np.float32)
@@ -484,8 +342,8 @@ class GpuChecks:
                             f"{', '.join(map(str, self.engine.warmup)) or 'none'}")
 
     def cuda_graphs(self) -> None:
-        from ..backends.torchscript import CudaGraph
-        from ..engine import Engine
+        from rexnet_deploy.backends.torchscript import CudaGraph
+        from rexnet_deploy.engine import Engine
 
         torch, sec = self.torch, "cuda graphs"
         if not self.cuda:
@@ -607,9 +465,9 @@ class GpuChecks:
         except Exception as exc:  # noqa: BLE001 - any import failure is a reason to skip
             self.s.skip(sec, names, f"tensorrt does not import ({type(exc).__name__}: {one_line(exc)})")
             return
-        from .. import backends
-        from ..builder import build
-        from ..spec import BuildSpec
+        from rexnet_deploy import backends
+        from rexnet_deploy.builder import build
+        from rexnet_deploy.spec import BuildSpec
 
         info = backends.get("tensorrt")
         missing = backends.not_installed(info)
@@ -639,7 +497,7 @@ class GpuChecks:
 
 def run(cfg: Config, torch: Any, suite: Suite | None = None) -> Suite:
     """Every section in order of importance (the last ones are the first to fall off the budget)."""
-    suite = suite or Suite(cfg)
+    suite = suite or GpuSuite(cfg)
     own_work = cfg.work is None
     if own_work:
         cfg.work = Path(tempfile.mkdtemp(prefix="gpu_suite-"))
@@ -704,11 +562,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: no CUDA GPU: torch {torch.__version__} (CUDA build {torch.version.cuda}) sees none; "
               "for a CPU smoke run of the suite: --dry-run", file=sys.stderr)
         return 2
-    suite = Suite(cfg)
+    suite = GpuSuite(cfg)
     _watchdog(suite, cfg.budget + WATCHDOG_GRACE_S)
     run(cfg, torch, suite)
     result = suite.result()
-    write_report(cfg.out, result)
+    write_report(cfg.out, result, name=suite.name, title=suite.title)
     counts = result["summary"]
     print(f"\nwrote {cfg.out / 'gpu_suite.json'} and {cfg.out / 'gpu_suite.md'}: "
           + ", ".join(f"{counts[s]} {s}" for s in STATUSES) + f" in {result['seconds']:.0f} s")
