@@ -301,7 +301,7 @@ class FloatKept:
         """The part of ONNX export node names (torch.onnx scopes: ``/features/features.3/se/fc1/Conv``)."""
         return f"/{self.module}/"
 
-    def onnx_nodes(self, model) -> list[str]:
+    def onnx_nodes(self, model: Any) -> list[str]:
         """The names of the nodes of this kind in an exported ``onnx.ModelProto``."""
         return [n.name for n in model.graph.node if self.onnx_mark in n.name]
 

@@ -94,7 +94,7 @@ def prune_file(path: str | os.PathLike) -> dict[str, int]:
     return removed
 
 
-def constants_to_initializers(graph) -> int:
+def constants_to_initializers(graph: Any) -> int:
     """Turn ``Constant`` nodes into initializers (the exporter writes scales and zero-points as
     Constant nodes; ModelOpt's opset upgrade writes ReduceMean's axes so); returns how many were moved."""
     moved = [n for n in graph.node if n.op_type == "Constant" and len(n.attribute) == 1 and n.attribute[0].name == "value"]

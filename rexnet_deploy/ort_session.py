@@ -6,7 +6,10 @@ when called (runtimes import this module; it never imports torch)."""
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    import onnxruntime
 
 
 def ort_log_level() -> int:
@@ -17,7 +20,8 @@ def ort_log_level() -> int:
 
 
 def cpu_session(source: str | os.PathLike | Any, *, optimization: Any = None, threads: int | None = None,
-                save_optimized_to: str | os.PathLike | None = None, log_level: int | None = None):
+                save_optimized_to: str | os.PathLike | None = None,
+                log_level: int | None = None) -> "onnxruntime.InferenceSession":
     """An ONNX Runtime session on the CPU provider, of a file or of an in-memory ``onnx.ModelProto``.
 
     ``optimization``: a ``GraphOptimizationLevel`` (default: ONNX Runtime's, all); ``threads``:

@@ -132,6 +132,7 @@ def test_check_and_bench_work_unchanged(ov_fp32_path):
 
 
 @pytest.mark.shared_data
+@pytest.mark.long  # a fidelity measurement: the default recipe and calibration sample on real photos, 100 checked
 def test_stand_in_weights_int8_on_real_photos(tmp_path):
     """The default INT8 recipe on trained-like weights, checked on held-out real photos."""
     r = run_cli("build", "--backend", "openvino", "--int8", "--calib", str(SHARED_CALIB), "--weights",

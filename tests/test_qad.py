@@ -215,6 +215,7 @@ def test_tensorrt_default_recipe_distills_and_its_fp16_graph_keeps_the_rules(tmp
 
 
 @pytest.mark.slow
+@pytest.mark.long  # a full NNCF quantization of the network in a fresh process before distillation can start
 def test_ctrl_c_during_distillation_leaves_nothing(tmp_path, calib_dir):
     """A real SIGINT to the CLI in the middle of distillation: exit 130, one error line, no
     artifact at --out and no staging folder beside it."""

@@ -66,8 +66,9 @@ def validate(spec: BuildSpec, options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _resolve_recipe(opts: dict[str, Any]) -> str:
-    """The INT8 recipe: the one asked for, else the one the other options imply (``--qad-steps``:
-    qad; the ONNX-PTQ options: modelopt), else ``rexnet``; options of another recipe are refused."""
+    """The INT8 recipe (:func:`rexnet_deploy.int8.recipes.resolve`): the one asked for, else the one the
+    other options imply (``--qad-steps``: qad; the ONNX-PTQ options: modelopt), else the default,
+    ``qad`` with 100 steps; options of another recipe are refused."""
     from ..int8.recipes import TENSORRT_DEFAULT, TENSORRT_ONNX_PTQ, resolve
 
     onnx_ptq = [flag for flag, given in (("--calib-method", opts["calib_method"] is not None),

@@ -3,19 +3,24 @@ graph a build writes, whichever recipe made it) and its QuantizeLinear count (th
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..errors import BuildError
 
+if TYPE_CHECKING:  # pragma: no cover
+    import onnx
 
-def initializers(graph) -> dict:
+
+def initializers(graph: "onnx.GraphProto") -> dict[str, np.ndarray]:
     """Name → numpy array of every initializer of ``graph``."""
     from onnx import numpy_helper
 
     return {i.name: numpy_helper.to_array(i) for i in graph.initializer}
 
 
-def trt_rule_violations(model) -> list[str]:
+def trt_rule_violations(model: "onnx.ModelProto") -> list[str]:
     """What in a Q/DQ graph TensorRT would reject or run differently: every zero-point int8 and 0;
     weights per-channel on the output-channel axis; activations per-tensor (scalar scale);
     scales positive and finite."""
@@ -55,13 +60,13 @@ def trt_rule_violations(model) -> list[str]:
     return problems
 
 
-def require_trt_rules(model, graph: str) -> None:
+def require_trt_rules(model: "onnx.ModelProto", graph: str) -> None:
     """Raise BuildError naming ``graph`` (e.g. "the FP16 Q/DQ graph") when it breaks TensorRT's rules."""
     problems = trt_rule_violations(model)
     if problems:
         raise BuildError(f"{graph} breaks TensorRT's rules: {problems[0]} ({len(problems)} problem(s))")
 
 
-def quantize_linear_count(model) -> int:
+def quantize_linear_count(model: "onnx.ModelProto") -> int:
     """How many QuantizeLinear nodes ``model`` (an ``onnx.ModelProto``) has."""
     return sum(n.op_type == "QuantizeLinear" for n in model.graph.node)
