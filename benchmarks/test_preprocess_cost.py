@@ -89,7 +89,7 @@ def test_fast_mode_halves_preprocessing_of_large_photos(tmp_path):
     print("\n" + json.dumps(result, indent=1))
     large = result["large generated JPEGs (2048x1536 .. 4000x3000)"]
     assert large["fast_speedup"] >= 2.0, large
-    assert large["fast_deviation"]["max_levels"] <= 8, large  # the README's bound
+    assert large["fast_deviation"]["max_levels"] <= 8, large  # the bound in docs/cold-start-and-preprocessing.md
 
 
 if __name__ == "__main__":

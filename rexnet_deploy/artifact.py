@@ -113,14 +113,6 @@ class Artifact:
     def file(self, name: str) -> Path:
         return self.path / name
 
-    @property
-    def backend(self) -> str:
-        return self.manifest.backend
-
-    @property
-    def precision(self) -> str:
-        return self.manifest.precision
-
     def save_manifest(self) -> None:
         write_json_atomic(self.path / MANIFEST, self.manifest.to_json())
 

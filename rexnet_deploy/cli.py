@@ -234,11 +234,11 @@ def predict_command(engine_path, images, topk, skip_bad, as_json, rebuild_engine
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Keep compiled models here (openvino, onnxruntime): a fresh replica imports instead of compiling.")
 @click.option("--fast-preprocess", is_flag=True,
-              help="Decode large JPEGs at reduced scale and box-reduce before resizing (off timm's transform; README).")
+              help="Decode large JPEGs at reduced scale and box-reduce before resizing (off timm's transform; docs/cold-start-and-preprocessing.md).")
 def serve_command(engine_path, host, port, max_batch, max_delay_ms, max_queue, max_body_mb, workers, threads,
                   log_level, cache_dir, fast_preprocess) -> None:
     """HTTP inference service: POST /v1/predict (image bytes), POST /v1/infer (tensor), GET /healthz, GET /metrics.
-    Requests are batched dynamically (see the README's Serving section). Needs the serve extra."""
+    Requests are batched dynamically (see docs/serving.md). Needs the serve extra."""
     from .serving.server import serve
 
     serve(engine_path, host=host, port=port, workers=workers, max_batch=max_batch, max_delay_ms=max_delay_ms,

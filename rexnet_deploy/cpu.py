@@ -27,14 +27,14 @@ def isa_class(flags: Iterable[str] | None = None) -> str:
 
     ``flags``: the CPU's feature flags; by default the first ``flags`` line of ``/proc/cpuinfo``
     (every core of one machine has the same)."""
-    have = set(_cpuinfo_flags() if flags is None else flags)
+    have = set(cpuinfo_flags() if flags is None else flags)
     for flag, name in CLASSES:
         if flag in have:
             return name
     return f"generic-{platform.machine().lower() or 'unknown'}"
 
 
-def _cpuinfo_flags() -> list[str]:
+def cpuinfo_flags() -> list[str]:
     try:
         text = CPUINFO.read_text()
     except OSError:

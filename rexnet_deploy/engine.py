@@ -83,18 +83,18 @@ class Engine:
         self.device = device or artifact.manifest.device
         self._labels: list[str] | None = None
         self._preprocess = PreprocessConfig.from_data_config(artifact.manifest.preprocess)
-        # JPEG draft decoding + integer reduction before the resize: not within 1e-5 of timm (README)
+        # JPEG draft decoding + integer reduction before the resize: not within 1e-5 of timm (docs/cold-start-and-preprocessing.md)
         self.fast_preprocess = bool(fast_preprocess)
         self._draft = self._preprocess if self.fast_preprocess else None
         self._closed = False
-        check_load_options(type(self), artifact.backend, options)  # the one check, for every backend
+        check_load_options(type(self), artifact.manifest.backend, options)  # the one check, for every backend
         try:
             self._setup(**options)
         except RexnetDeployError:
             raise
         except Exception as exc:  # the runtime library rejected the payload: a damaged or foreign artifact
             raise ArtifactError(
-                f"cannot load the {artifact.backend} payload of {artifact.path}: {one_line(exc)}"
+                f"cannot load the {artifact.manifest.backend} payload of {artifact.path}: {one_line(exc)}"
             ) from None
 
     # -- loading ---------------------------------------------------------------------------
@@ -106,7 +106,7 @@ class Engine:
         cheaper decoding and resizing of large images in ``predict``/``preprocess``, off timm's
         transform by a measured bound (see :mod:`rexnet_deploy.preprocess`)."""
         artifact = load_artifact(path, verify=verify)
-        info = backends.for_artifact(artifact.backend)
+        info = backends.for_artifact(artifact.manifest.backend)
         module = backends.load_module(info)
         return module.ENGINE(artifact, device=device, **options)
 
@@ -135,11 +135,11 @@ class Engine:
 
     @property
     def backend(self) -> str:
-        return self.artifact.backend
+        return self.manifest.backend
 
     @property
     def precision(self) -> str:
-        return self.artifact.precision
+        return self.manifest.precision
 
     @property
     def head(self) -> str:

@@ -9,7 +9,7 @@ JPEGs are decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, ``Image.draft
 images are box-reduced by an integer factor (``Image.reduce``) before the bicubic resize; either
 step keeps at least ``FAST_GAP`` × the resize target, so the bicubic filter still does the final
 antialiasing. The deviation this costs is measured in ``benchmarks/test_preprocess_cost.py`` and
-bounded in ``tests/test_preprocess_fast.py`` (README: "Preprocessing cost").
+bounded in ``tests/test_preprocess_fast.py`` (docs/cold-start-and-preprocessing.md: "Preprocessing cost").
 """
 
 from __future__ import annotations

@@ -75,10 +75,10 @@ def _io_names(artifact: Artifact, target: TritonTarget) -> tuple[str, list[str]]
 
 
 def _target(artifact: Artifact) -> TritonTarget:
-    info = backends.BACKENDS.get(artifact.backend)
+    info = backends.BACKENDS.get(artifact.manifest.backend)
     if info is None or info.triton is None:
         supported = [name for name, row in backends.BACKENDS.items() if row.triton is not None]
-        raise UsageError(f"{artifact.path}: cannot export a {artifact.backend!r} artifact to Triton "
+        raise UsageError(f"{artifact.path}: cannot export a {artifact.manifest.backend!r} artifact to Triton "
                          f"(supported: {', '.join(supported)})")
     target = info.triton
     if target.requires and not artifact.manifest.backend_config.get(target.requires[0]):
@@ -104,7 +104,7 @@ def _max_batch(artifact: Artifact, requested: int | None) -> int:
     if profile:
         hi = min(hi, int(profile.get("max", hi)))
         if int(profile.get("min", lo)) > 1:
-            title = backends.get(artifact.backend).title
+            title = backends.get(artifact.manifest.backend).title
             raise UsageError(f"{artifact.path}: its {title} profile starts at batch {profile['min']}, but Triton sends "
                              "batches from 1; rebuild it with --batch 1:MAX")
     if requested is None:

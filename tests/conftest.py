@@ -79,6 +79,20 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None):
     return subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=cwd, env=full_env, timeout=600)
 
 
+def cli_in_process(*args: str):
+    """The CLI called in this process (click's runner): the same exit code, stdout and stderr as
+    :func:`run_cli` without a fresh interpreter importing torch and timm again (about 4 s a call).
+    For tests of what a command does; tests of the console script itself use :func:`run_cli`."""
+    import subprocess
+
+    from click.testing import CliRunner
+
+    from rexnet_deploy.cli import main
+
+    result = CliRunner().invoke(main, list(args), prog_name="rexnet-deploy")
+    return subprocess.CompletedProcess(["rexnet-deploy", *args], result.exit_code, result.stdout, result.stderr)
+
+
 @pytest.fixture(scope="session")
 def calib_dir(tmp_path_factory) -> Path:
     """A generated ImageFolder: 4 class folders × 10 photo-like JPEGs."""

@@ -37,7 +37,7 @@ def test_cache_folder_is_keyed_by_artifact_runtime_and_cpu(ort_path, monkeypatch
     art.manifest.files = {**art.manifest.files, "model.onnx": "0" * 64}  # another payload
     assert cache.cache_folder(tmp_path, art, "onnxruntime", "1.0") != base
     art = load_artifact(ort_path)
-    monkeypatch.setattr(cache, "_cpuinfo_flags", lambda: ["avx2", "fma"])  # another CPU
+    monkeypatch.setattr(cache, "cpuinfo_flags", lambda: ["avx2", "fma"])  # another CPU
     assert cache.cache_folder(tmp_path, art, "onnxruntime", "1.0") != base
 
 

@@ -70,7 +70,7 @@ def test_an_old_style_manifest_with_only_the_required_keys_loads(engine_copy):
     stored = json.loads((engine_copy / MANIFEST).read_text())
     (engine_copy / MANIFEST).write_text(json.dumps({**minimal, "files": stored["files"], "payload": stored["payload"]}))
     art = load_artifact(engine_copy)
-    assert art.backend == "torchscript" and art.manifest.extra == {"note": "kept"}
+    assert art.manifest.backend == "torchscript" and art.manifest.extra == {"note": "kept"}
 
 
 @pytest.mark.parametrize("change,message", [

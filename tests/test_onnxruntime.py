@@ -9,7 +9,7 @@ import pytest
 
 from rexnet_deploy import Engine
 
-from .conftest import build_artifact, expect_error, fresh_process_predict, run_cli, without_module
+from .conftest import build_artifact, cli_in_process, expect_error, fresh_process_predict, run_cli, without_module
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -192,7 +192,7 @@ def test_one_engine_from_many_threads(ort_fp32_path):
 ])
 def test_bad_build_input(tmp_path, calib_dir, args, fragment):
     args = [str(calib_dir) if a == "CALIB" else a for a in args]
-    r = run_cli("build", "--backend", "onnxruntime", "--weights", "random", "--out", str(tmp_path / "o"), "-q", *args)
+    r = cli_in_process("build", "--backend", "onnxruntime", "--weights", "random", "--out", str(tmp_path / "o"), "-q", *args)
     expect_error(r, fragment)
     assert not (tmp_path / "o").exists()
 
@@ -223,11 +223,11 @@ def test_foreign_payload_with_matching_checksums_is_one_error_line(ort_fp32_path
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["files"]["model.onnx"] = file_sha256(copy / "model.onnx")
     (copy / "manifest.json").write_text(json.dumps(manifest))
-    expect_error(run_cli("predict", str(copy), str(tmp_path)), "cannot load the onnxruntime payload")
+    expect_error(cli_in_process("predict", str(copy), str(tmp_path)), "cannot load the onnxruntime payload")
 
 
 def test_info_describes_the_int8_quantization(ort_int8_path):
-    r = run_cli("info", str(ort_int8_path))
+    r = cli_in_process("info", str(ort_int8_path))
     assert r.returncode == 0, r.stderr
     assert "quantization: onnxruntime.quantization.quantize_static QDQ" in r.stdout
 

@@ -12,7 +12,8 @@ import pytest
 from rexnet_deploy import Engine
 from rexnet_deploy.errors import ArtifactError
 
-from .conftest import SHARED_CALIB, SHARED_WEIGHTS, expect_error, fresh_process_predict, run_cli, without_module
+from .conftest import (SHARED_CALIB, SHARED_WEIGHTS, cli_in_process, expect_error, fresh_process_predict, run_cli,
+                       without_module)
 
 pytest.importorskip("openvino")
 pytestmark = pytest.mark.slow
@@ -121,12 +122,12 @@ def test_tampered_ir_is_refused(ov_fp32_path, tmp_path):
     (copy / "model.bin").write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match="checksum mismatch .*model.bin"):
         Engine.load(copy)
-    r = run_cli("predict", str(copy), str(tmp_path))
+    r = cli_in_process("predict", str(copy), str(tmp_path))
     assert r.returncode == 2 and r.stderr.strip().startswith("error: checksum mismatch") and "Traceback" not in r.stderr
 
 
 def test_check_and_bench_work_unchanged(ov_fp32_path):
-    r = run_cli("bench", str(ov_fp32_path), "--batch", "1,8", "--seconds", "0.3", "--warmup", "1", "--no-save", "-q")
+    r = cli_in_process("bench", str(ov_fp32_path), "--batch", "1,8", "--seconds", "0.3", "--warmup", "1", "--no-save", "-q")
     assert r.returncode == 0, r.stderr
     assert "| 8 |" in r.stdout and "speedup" in r.stdout
 
@@ -135,7 +136,7 @@ def test_check_and_bench_work_unchanged(ov_fp32_path):
 @pytest.mark.long  # a fidelity measurement: the default recipe and calibration sample on real photos, 100 checked
 def test_stand_in_weights_int8_on_real_photos(tmp_path):
     """The default INT8 recipe on trained-like weights, checked on held-out real photos."""
-    r = run_cli("build", "--backend", "openvino", "--int8", "--calib", str(SHARED_CALIB), "--weights",
+    r = cli_in_process("build", "--backend", "openvino", "--int8", "--calib", str(SHARED_CALIB), "--weights",
                 str(SHARED_WEIGHTS), "--out", str(tmp_path / "e"), "--json", str(tmp_path / "m.json"), "-q")
     assert r.returncode == 0, r.stderr
     m = json.loads((tmp_path / "m.json").read_text())
@@ -172,7 +173,7 @@ def _build_args(tmp_path, *extra: str) -> list[str]:
 def test_bad_build_options_fail_fast(tmp_path, calib_dir, make_args, fragments):
     empty = tmp_path / "empty"
     empty.mkdir()
-    r = run_cli(*_build_args(tmp_path, *make_args(empty, calib_dir)))
+    r = cli_in_process(*_build_args(tmp_path, *make_args(empty, calib_dir)))
     expect_error(r, *fragments)
     assert not (tmp_path / "out").exists()
 
@@ -183,7 +184,7 @@ def test_too_few_calibration_images(tmp_path, calib_dir):
     for f in sorted(calib_dir.rglob("*.jpg"))[:5]:
         (few / f.name).write_bytes(f.read_bytes())
     (few / "broken.jpg").write_bytes(b"\xff\xd8\xff broken")
-    r = run_cli(*_build_args(tmp_path, "--int8", "--calib", str(few)))
+    r = cli_in_process(*_build_args(tmp_path, "--int8", "--calib", str(few)))
     expect_error(r, "at least 16 readable images", "has 5 (1 unreadable)")
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
 

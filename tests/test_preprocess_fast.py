@@ -1,5 +1,5 @@
 """Fast preprocessing (JPEG draft decoding, integer reduction before the resize): its deviation from
-the exact transform stays inside the bound the README states, and it changes nothing where it
+the exact transform stays inside the bound docs/cold-start-and-preprocessing.md states, and it changes nothing where it
 does not apply. The exact transform's equality with timm is tests/test_preprocess.py's."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from rexnet_deploy.preprocess import DRAFT_INFO, PreprocessConfig, normalize, pr
 from rexnet_deploy.synthetic import synthetic_images
 
 CFG = PreprocessConfig()
-MAX_LEVELS = 8.0   # README "Preprocessing cost": generated large photos measured 4 levels at most
+MAX_LEVELS = 8.0   # docs/cold-start-and-preprocessing.md "Preprocessing cost": generated large photos measured 4 levels at most
 MEAN_LEVELS = 0.5  # measured 0.2
 
 

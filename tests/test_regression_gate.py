@@ -14,7 +14,8 @@ from rexnet_deploy.cpu import isa_class
 from rexnet_deploy.errors import UsageError
 from rexnet_deploy.harness import baseline as gate
 
-from .conftest import expect_error, run_cli
+from .conftest import cli_in_process as run_cli
+from .conftest import expect_error
 
 pytestmark = pytest.mark.slow
 FAST = ["--batch", "1", "--seconds", "0.3", "--warmup", "1", "--repeat", "1", "--no-save", "-q"]

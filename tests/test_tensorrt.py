@@ -17,7 +17,7 @@ import pytest
 from rexnet_deploy import Engine
 from rexnet_deploy.errors import ArtifactError, BackendUnavailable, UsageError
 
-from .conftest import build_artifact, expect_error, run_cli, without_module
+from .conftest import build_artifact, cli_in_process, expect_error, run_cli, without_module
 
 pytest.importorskip("modelopt.onnx.quantization")
 pytest.importorskip("onnxruntime")
@@ -243,9 +243,9 @@ def test_loading_the_engine_without_a_gpu_says_what_to_do(trt_fp16):
         Engine.load(path)
     with pytest.raises(BackendUnavailable, match="needs a TensorRT GPU host"):
         Engine.load(path, rebuild_engine=True)
-    r = run_cli("check", str(path), "--synthetic", "4", "--no-save")
+    r = cli_in_process("check", str(path), "--synthetic", "4", "--no-save")
     expect_error(r, "needs a TensorRT GPU host", "--emulate")
-    r = run_cli("check", str(path), "--synthetic", "4", "--no-save", "--emulate")
+    r = cli_in_process("check", str(path), "--synthetic", "4", "--no-save", "--emulate")
     assert r.returncode == 0, r.stderr
     assert "emulated on onnxruntime-cpu" in r.stdout
 
@@ -284,17 +284,17 @@ def test_an_engine_record_whose_io_does_not_fit_the_artifact_is_refused_on_any_h
     (["--int8", "--calib-cache", "missing.cache"], ["does not exist"]),
 ])
 def test_bad_build_input_is_one_line(args, fragments, tmp_path):
-    r = run_cli("build", "--backend", "trt", "--weights", "random", "--out", str(tmp_path / "e"), "-q", *args)
+    r = cli_in_process("build", "--backend", "trt", "--weights", "random", "--out", str(tmp_path / "e"), "-q", *args)
     expect_error(r, *fragments)
     assert not (tmp_path / "e").exists()
 
 
 def test_opt_batch_is_only_for_tensorrt_and_cache_replaces_calib(tmp_path, calib_dir):
-    r = run_cli("build", "--backend", "ort", "--weights", "random", "--batch", "1:4:8", "--out", str(tmp_path / "e"), "-q")
+    r = cli_in_process("build", "--backend", "ort", "--weights", "random", "--batch", "1:4:8", "--out", str(tmp_path / "e"), "-q")
     expect_error(r, "TensorRT profile")
     cache = tmp_path / "c.cache"
     cache.write_text("x\n")
-    r = run_cli("build", "--backend", "trt", "--int8", "--weights", "random", "--calib", str(calib_dir),
+    r = cli_in_process("build", "--backend", "trt", "--int8", "--weights", "random", "--calib", str(calib_dir),
                 "--calib-cache", str(cache), "--out", str(tmp_path / "e"), "-q")
     expect_error(r, "--calib-cache replaces --calib")
 
@@ -302,7 +302,7 @@ def test_opt_batch_is_only_for_tensorrt_and_cache_replaces_calib(tmp_path, calib
 def test_foreign_calibration_cache_is_refused_in_one_line(tmp_path):
     cache = tmp_path / "foreign.cache"
     cache.write_text("TRT-8501-EntropyCalibration2\n" + f"some/other_tensor: {struct.pack('!f', 0.02).hex()}\n")
-    r = run_cli("build", "--backend", "trt", "--int8", "--weights", "random", "--calib-cache", str(cache),
+    r = cli_in_process("build", "--backend", "trt", "--int8", "--weights", "random", "--calib-cache", str(cache),
                 "--out", str(tmp_path / "e"), "-q")
     expect_error(r, "does not match the graph")
     assert not (tmp_path / "e").exists()
@@ -318,7 +318,7 @@ def test_host_problem_names_what_is_missing():
     if HOST_PROBLEM is None:
         pytest.skip("this host can build TensorRT engines")
     assert "tensorrt" in HOST_PROBLEM or "CUDA" in HOST_PROBLEM or "cuda" in HOST_PROBLEM
-    r = run_cli("backends")
+    r = cli_in_process("backends")
     line = next(row for row in r.stdout.splitlines() if row.startswith("tensorrt"))
     assert r.returncode == 0 and "graphs only" in line and HOST_PROBLEM in line
 
@@ -395,7 +395,7 @@ def test_quantized_only_edits_between_the_fp32_and_the_full_int8_graph(trt_int8,
 def test_sensitivity_cli_ranks_groups_and_writes_the_exclude_list(trt_int8, calib_dir, tmp_path):
     path, _ = trt_int8
     out, excl = tmp_path / "s.json", tmp_path / "exclude.txt"
-    r = run_cli("sensitivity", str(path), "--calib", str(calib_dir), "--max-drop", "0.0", "--json", str(out),
+    r = cli_in_process("sensitivity", str(path), "--calib", str(calib_dir), "--max-drop", "0.0", "--json", str(out),
                 "--exclude-out", str(excl), "-q")
     assert r.returncode == 0, r.stderr
     report = json.loads(out.read_text())
@@ -405,7 +405,7 @@ def test_sensitivity_cli_ranks_groups_and_writes_the_exclude_list(trt_int8, cali
     assert excl.read_text().splitlines() == report["exclude"]
     assert report["target_met"] == (report["with_exclude"]["top1_agreement"] >= 1.0)
     assert "| group |" in r.stdout
-    bad = run_cli("sensitivity", str(path), "--calib", str(calib_dir), "--max-drop", "1.5", "-q")
+    bad = cli_in_process("sensitivity", str(path), "--calib", str(calib_dir), "--max-drop", "1.5", "-q")
     expect_error(bad, "--max-drop")
 
 

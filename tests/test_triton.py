@@ -16,7 +16,7 @@ from rexnet_deploy import Engine
 from rexnet_deploy.artifact import file_sha256, load_artifact
 from rexnet_deploy.triton import export_triton, parse_config, triton_io_names
 
-from .conftest import build_artifact, expect_error, run_cli
+from .conftest import build_artifact, cli_in_process, expect_error
 
 pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="needs tritonclient[grpc] (the triton extra)")
 
@@ -144,23 +144,23 @@ def test_refusals_leave_the_repo_untouched(ort_fp32_path, ts_engine_path, tmp_pa
     repo.mkdir()
     (repo / "ts").mkdir()
     (repo / "ts" / "config.pbtxt").write_text("keep")
-    r = run_cli("export-triton", str(ts_engine_path), "--repo", str(repo), "--name", "ts")
+    r = cli_in_process("export-triton", str(ts_engine_path), "--repo", str(repo), "--name", "ts")
     expect_error(r, "already exists", "--force")
-    r = run_cli("export-triton", str(ts_engine_path), str(ts_engine_path), "--repo", str(repo), "--name", "x",
+    r = cli_in_process("export-triton", str(ts_engine_path), str(ts_engine_path), "--repo", str(repo), "--name", "x",
                 "--name", "x")
     expect_error(r, "'x'", "--name")
-    r = run_cli("export-triton", str(_fake_tensorrt(ort_fp32_path, tmp_path / "trt", engine=False)), "--repo", str(repo))
+    r = cli_in_process("export-triton", str(_fake_tensorrt(ort_fp32_path, tmp_path / "trt", engine=False)), "--repo", str(repo))
     expect_error(r, "holds no TensorRT engine", "--rebuild-engine")
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "manifest.json").write_text('{"format": "someone-else"}')
-    expect_error(run_cli("export-triton", str(foreign), "--repo", str(repo)), "foreign")
+    expect_error(cli_in_process("export-triton", str(foreign), "--repo", str(repo)), "foreign")
     unknown = tmp_path / "unknown"
     shutil.copytree(ort_fp32_path, unknown)
     m = json.loads((unknown / "manifest.json").read_text())
     m["backend"] = "tflite"
     (unknown / "manifest.json").write_text(json.dumps(m))
-    expect_error(run_cli("export-triton", str(unknown), "--repo", str(repo)), "'tflite'", "supported")
+    expect_error(cli_in_process("export-triton", str(unknown), "--repo", str(repo)), "'tflite'", "supported")
     assert sorted(p.name for p in repo.iterdir()) == ["ts"] and (repo / "ts" / "config.pbtxt").read_text() == "keep"
     assert not list(tmp_path.glob(".repo.triton-*"))
 
@@ -183,7 +183,7 @@ def test_failure_mid_export_writes_nothing(ort_fp32_path, ts_engine_path, tmp_pa
 
 
 def test_cli_export_and_lazy_imports(ort_fp32_path, tmp_path):
-    r = run_cli("export-triton", str(ort_fp32_path), "--repo", str(tmp_path / "repo"), "--name", "rexnet")
+    r = cli_in_process("export-triton", str(ort_fp32_path), "--repo", str(tmp_path / "repo"), "--name", "rexnet")
     assert r.returncode == 0, r.stderr
     assert "onnxruntime_onnx, max_batch_size 8, KIND_CPU" in r.stdout
     code = ("import sys, rexnet_deploy, rexnet_deploy.cli, rexnet_deploy.triton, rexnet_deploy.batch\n"

@@ -14,7 +14,7 @@ from typing import Any
 from ..errors import UsageError
 
 MAX_STEPS = 5000  # ~2 h on 2 cores: anything above is a typo, not a plan
-DEFAULT_STEPS = 100  # gains came in the first 50-100 steps and then flattened (README "INT8 fidelity")
+DEFAULT_STEPS = 100  # gains came in the first 50-100 steps and then flattened (docs/int8-fidelity.md)
 QAD = "qad"
 # the recipes whose graph is made by PyTorch quantizers (BatchNorm folded): a Q/DQ graph of those
 # has no calibration cache, and its layers are not the FP32 export's (see int8.sensitivity)
@@ -43,7 +43,7 @@ OPENVINO_RECIPES: dict[str, Recipe] = {
     "nncf": Recipe("NNCF's own defaults (overflow fix on the first layer only)", "first_layer_only"),
 }
 OPENVINO_DEFAULT = "rexnet"
-# TensorRT: the best measured on unseen photos within 5 min on 2 cores (README "INT8 fidelity on unseen classes")
+# TensorRT: the best measured on unseen photos within 5 min on 2 cores (docs/int8-fidelity.md)
 TENSORRT_DEFAULT = QAD
 TENSORRT_ONNX_PTQ = "modelopt"  # the recipe that --calib-method/--exclude/--calib-cache imply
 # ONNX Runtime has no --recipe: quantize_static's uint8 QDQ unless --qad-steps asks for the distilled graph
