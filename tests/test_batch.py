@@ -91,6 +91,7 @@ def test_predictor_class_without_ray(ts_engine_path, photos):
 
 
 @pytest.mark.slow
+@pytest.mark.long  # starts and stops a local Ray of its own (10 s); test_ray_matches_predict_files stays in the default tier
 def test_cli_ray_starts_and_stops_its_own(ts_engine_path, photos, tmp_path):
     pytest.importorskip("ray", reason="needs ray[data] (the ray extra)")
     out = tmp_path / "r.parquet"

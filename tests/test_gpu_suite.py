@@ -176,6 +176,7 @@ def test_without_a_gpu_the_suite_refuses_in_one_line(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.long  # every section of the GPU suite on the CPU (18 s): a benchmark driver's whole run
 def test_dry_run_on_a_bare_host_runs_every_section(tmp_path):
     """The whole suite on the CPU with the optional libraries hidden: no section may crash."""
     from .conftest import SHARED

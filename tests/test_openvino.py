@@ -207,6 +207,7 @@ def test_check_images_overlapping_calibration_warn(calib_dir):
     assert messages and "24 check image(s) are calibration images" in messages[0]
 
 
+@pytest.mark.long  # NNCF's accuracy-control loop re-quantizes and re-evaluates the model (12 s)
 def test_accuracy_control_path(tmp_path, calib_dir):
     """--max-drop goes through nncf.quantize_with_accuracy_control with the agreement metric; the
     result keeps its dynamic batch and is compiled static by the engine. (A loose drop keeps the

@@ -97,6 +97,8 @@ def ov_qad_path(tmp_path_factory, calib_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.long  # NNCF's PyTorch quantization before 3 distillation steps (44 s); the short QAD test of the
+# default tier is test_tensorrt_default_recipe_distills_and_its_fp16_graph_keeps_the_rules (2 steps)
 def test_openvino_qad_build_records_recipe_training_and_runs_int8(ov_qad_path):
     with Engine.load(ov_qad_path) as engine:
         q = engine.manifest.backend_config["quantization"]
@@ -115,6 +117,7 @@ def test_openvino_qad_build_records_recipe_training_and_runs_int8(ov_qad_path):
 
 
 @pytest.mark.slow
+@pytest.mark.long  # shares the OpenVINO QAD build above
 def test_openvino_qad_activations_are_asymmetric_in_the_ir(ov_qad_path):
     """The mixed preset reaches the engine: activation FakeQuantize ranges that are not ±symmetric
     (SiLU outputs span about [-0.28, x]), next to symmetric per-channel weight ranges."""

@@ -392,6 +392,7 @@ def test_quantized_only_edits_between_the_fp32_and_the_full_int8_graph(trt_int8,
     assert set(sensitivity.layer_groups(one)) == {"features.3"}  # only its nodes still read dequantized tensors
 
 
+@pytest.mark.long  # a sweep: one emulated INT8 graph per layer group, each measured on 16 images (22 s)
 def test_sensitivity_cli_ranks_groups_and_writes_the_exclude_list(trt_int8, calib_dir, tmp_path):
     path, _ = trt_int8
     out, excl = tmp_path / "s.json", tmp_path / "exclude.txt"
