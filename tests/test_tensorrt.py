@@ -368,7 +368,7 @@ def test_gpu_engine_matches_its_emulated_graph(request, fixture, tmp_path, monke
 def test_quantized_only_edits_between_the_fp32_and_the_full_int8_graph(trt_int8, tmp_path):
     import onnx
 
-    from rexnet_deploy import sensitivity
+    from rexnet_deploy.int8 import sensitivity
 
     path, _ = trt_int8
     qdq = _load(path)
