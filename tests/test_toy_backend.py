@@ -13,13 +13,12 @@ from pathlib import Path
 import numpy as np
 
 import pytest
-from click.testing import CliRunner
 
 from rexnet_deploy import Engine, backends
-from rexnet_deploy.cli import main
 from rexnet_deploy.errors import UsageError
 
 from . import toy_backend
+from .conftest import cli_in_process
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -33,8 +32,8 @@ def toy():
 
 
 def _cli(*args: str):
-    result = CliRunner().invoke(main, list(args))
-    return result.exit_code, result.output, result.stderr
+    r = cli_in_process(*args)
+    return r.returncode, r.stdout, r.stderr
 
 
 @pytest.fixture(scope="module")
