@@ -88,12 +88,10 @@ def _target(artifact: Artifact) -> TritonTarget:
 
 def _plan(artifact: Artifact, max_batch: int | None) -> _Plan:
     """The artifact's plan; refuses a foreign backend, an unexportable artifact or a bad --max-batch."""
-    target = _target(artifact)
-    m = artifact.manifest
-    config = m.backend_config
-    device = m.device
-    parameters = {param: str(config[key]) for param, key in target.parameters.items() if config.get(key)}
-    return _Plan(artifact, target, _max_batch(artifact, max_batch), "KIND_GPU" if device.startswith("cuda") else "KIND_CPU",
+    target, m = _target(artifact), artifact.manifest
+    parameters = {param: str(m.backend_config[key]) for param, key in target.parameters.items()
+                  if m.backend_config.get(key)}
+    return _Plan(artifact, target, _max_batch(artifact, max_batch), "KIND_GPU" if m.device.startswith("cuda") else "KIND_CPU",
                  *_io_names(artifact, target), parameters)
 
 
