@@ -342,7 +342,7 @@ class GpuChecks:
                             f"{', '.join(map(str, self.engine.warmup)) or 'none'}")
 
     def cuda_graphs(self) -> None:
-        from rexnet_deploy.backends.torchscript import CudaGraph
+        from rexnet_deploy.backends.torch_engine import CudaGraph
         from rexnet_deploy.engine import Engine
 
         torch, sec = self.torch, "cuda graphs"

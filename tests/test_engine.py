@@ -305,7 +305,8 @@ def test_torchscript_engine_exposes_its_module_device_and_dtype(engine):
 
 
 def test_warm_at_load_records_each_batch_size(ts_engine_path):
-    from rexnet_deploy.backends.torchscript import default_warm_batches, padded_size
+    from rexnet_deploy.backends.torch_engine import default_warm_batches
+    from rexnet_deploy.batch_shapes import padded_size
 
     assert default_warm_batches(1, 256) == (1, 2, 4, 8, 16, 32, 64, 128, 256)
     assert default_warm_batches(3, 20) == (3, 4, 8, 16, 20) and default_warm_batches(1, 1) == (1,)

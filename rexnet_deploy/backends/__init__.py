@@ -110,6 +110,19 @@ _TENSORRT_OPTIONS = (
            default_text="~/.cache/rexnet-deploy/tensorrt-timing.cache"),
 )
 
+_PT2_OPTIONS = (
+    Option("max_autotune", "bool", "let Inductor benchmark its kernel choices at build (slower build).",
+           default=False, flag="--max-autotune/--no-max-autotune"),
+    Option("cpu_isa", "str", "the instruction set the CPU package's kernels are compiled for: 'host' (this CPU, "
+           "-march=native: fastest, runs only on CPUs with its flags), 'avx2' (x86-64-v3: any AVX2 CPU) or "
+           "'avx512' (x86-64-v4).", choices=("host", "avx2", "avx512"), default="host"),
+    Option("recipe", "str", "'qad' (X86InductorQuantizer PTQ + --qad-steps of quantization-aware distillation "
+           "through prepare_qat_pt2e) or 'ptq' (X86InductorQuantizer defaults on the calibration images).",
+           precisions=("int8",), choices=("qad", "ptq"), default_text="qad"),
+    Option("qad_steps", "int", "distillation steps of --recipe qad (implies it).", precisions=("int8",),
+           default_text="100"),
+)
+
 BACKENDS: dict[str, BackendInfo] = {
     "torchscript": BackendInfo(
         name="torchscript",
@@ -122,6 +135,20 @@ BACKENDS: dict[str, BackendInfo] = {
         summary="traced + frozen TorchScript (libtorch services load it); FP16 on CUDA",
         devices=("cpu", "cuda"),
         triton=TritonTarget("pytorch_libtorch", {"model.ts": "model.pt"}, positional_names=True),
+    ),
+    "pt2": BackendInfo(
+        name="pt2",
+        title="PyTorch 2",
+        module="rexnet_deploy.backends.pt2",
+        precisions=("fp32", "bf16", "fp16", "int8"),
+        extra="pt2",
+        runtime_imports=("torch",),
+        build_imports=("timm",),
+        runtime_extra="pt2-runtime",
+        summary="torch.export + AOTInductor .pt2 package (TorchScript's successor): FP32/BF16 on CPU and CUDA, "
+                "FP16 on CUDA, INT8 on x86 CPUs (PT2E X86InductorQuantizer); torch alone at runtime",
+        devices=("cpu", "cuda"),
+        options=_PT2_OPTIONS,
     ),
     "openvino": BackendInfo(
         name="openvino",
@@ -178,7 +205,7 @@ BACKENDS: dict[str, BackendInfo] = {
                       "build it on a TensorRT GPU host, or load it there once with --rebuild-engine, then export")),
     ),
 }
-ALIASES = {"ts": "torchscript", "jit": "torchscript", "ov": "openvino", "ort": "onnxruntime", "onnx": "onnxruntime", "trt": "tensorrt"}
+ALIASES = {"aoti": "pt2", "torch2": "pt2", "ts": "torchscript", "jit": "torchscript", "ov": "openvino", "ort": "onnxruntime", "onnx": "onnxruntime", "trt": "tensorrt"}
 
 
 def get(name: str) -> BackendInfo:

@@ -48,6 +48,8 @@ TENSORRT_DEFAULT = QAD
 TENSORRT_ONNX_PTQ = "modelopt"  # the recipe that --calib-method/--exclude/--calib-cache imply
 # ONNX Runtime has no --recipe: quantize_static's uint8 QDQ unless --qad-steps asks for the distilled graph
 ONNXRUNTIME_DEFAULT = "quantize_static"
+# pt2 (PT2E, X86InductorQuantizer): post-training ranges measured 0.890 top-1 agreement on dev/; distillation
+PT2_DEFAULT = QAD
 
 
 def check_steps(value: Any) -> int:
