@@ -1,17 +1,24 @@
 """The TensorRT runtime's own logic (``backends/_trt.py``), without TensorRT: which engine record
-and I/O list fit a host, the timing-cache key, the driver check, the pinned-buffer view, and the
-CUDA-graph capture's fallback, driven through a recording cudart that answers with the real
-``cuda.bindings`` error codes. The last tests run the capture and the pinned buffers on a real GPU
-through cuda-bindings (no TensorRT needed); they are skipped without one."""
+and I/O list fit a host, the timing-cache key and its merge under a file lock, the driver check,
+the logger's error record and the deserialization error, the pinned-buffer view, stream handles,
+and the CUDA-graph capture's fallback and per-batch-size bookkeeping, driven through a recording
+cudart that answers with the real ``cuda.bindings`` error codes or through fakes of our own seams
+(callables we pass in; never a fake TensorRT). The last tests run the capture, the stream and the
+pinned buffers on a real GPU through cuda-bindings (no TensorRT needed); they are skipped without one."""
 
 from __future__ import annotations
 
 import ctypes
+import json
+import sys
+import threading
+import time
 
 import numpy as np
 import pytest
 
 from rexnet_deploy.backends import _trt
+from rexnet_deploy.errors import ArtifactError
 
 H100 = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
 H200 = {"name": "NVIDIA H200", "compute_capability": "9.0"}
@@ -69,6 +76,155 @@ def test_the_driver_is_named_when_it_is_too_old_for_cuda_bindings():
     assert _trt.driver_problem(0, "13.5.0").startswith("no NVIDIA driver")
 
 
+class FakeTimingCache:
+    """What :func:`_trt.save_timing_cache` asks of TensorRT's ITimingCache (``combine``: append
+    the other cache's entries, conflicting ones skipped; ``serialize``), over a dict; ``pause``
+    widens the window between reading the file and writing it, where parallel builds race."""
+
+    def __init__(self, entries: dict, pause: float = 0.0):
+        self.entries, self.pause = dict(entries), pause
+
+    @classmethod
+    def load(cls, data: bytes) -> "FakeTimingCache":
+        return cls(json.loads(data))
+
+    def combine(self, other: "FakeTimingCache", ignore_mismatch: bool) -> bool:
+        assert ignore_mismatch is False  # a cache of another device is never merged in
+        time.sleep(self.pause)
+        for key, value in other.entries.items():
+            self.entries.setdefault(key, value)
+        return True
+
+    def serialize(self) -> bytes:
+        return json.dumps(self.entries).encode()
+
+
+def test_the_timing_cache_is_merged_with_the_file_not_overwritten(tmp_path):
+    path = tmp_path / "cache" / "t.cache"
+    notes: list[str] = []
+    assert _trt.save_timing_cache(path, FakeTimingCache({"a": 1}), FakeTimingCache.load, notes.append) is False
+    assert _trt.save_timing_cache(path, FakeTimingCache({"b": 2, "a": 9}), FakeTimingCache.load, notes.append)
+    assert json.loads(path.read_bytes()) == {"a": 9, "b": 2}  # this build's timing wins a conflict
+    assert notes == [] and (tmp_path / "cache" / "t.cache.lock").exists()
+    assert sorted(p.name for p in path.parent.iterdir()) == ["t.cache", "t.cache.lock"]  # no temporary left
+
+
+def test_a_damaged_timing_cache_is_replaced_and_said(tmp_path):
+    path = tmp_path / "t.cache"
+    path.write_bytes(b"\x00 not a cache")
+    notes: list[str] = []
+
+    def load(data: bytes):
+        raise RuntimeError("TensorRT: invalid timing cache")  # what TensorRT's bindings do with garbage
+
+    assert _trt.save_timing_cache(path, FakeTimingCache({"a": 1}), load, notes.append) is False
+    assert json.loads(path.read_bytes()) == {"a": 1}
+    assert len(notes) == 1 and "could not be merged" in notes[0]
+
+
+def test_parallel_builds_keep_every_builds_timings(tmp_path):
+    """Eight builds save at once, each slow between reading the file and writing it: without the
+    lock and the merge, the last writer's entries alone survive."""
+    path = tmp_path / "t.cache"
+    errors: list[BaseException] = []
+
+    def build(i: int) -> None:
+        try:
+            _trt.save_timing_cache(path, FakeTimingCache({f"layer{i}": i}, pause=0.02), FakeTimingCache.load,
+                                   lambda _m: None)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=build, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert json.loads(path.read_bytes()) == {f"layer{i}": i for i in range(8)}
+
+
+class DeadCudart:
+    """cuda.bindings.runtime as a host without a usable CUDA runtime answers: ``fail`` is raised
+    by the first call (a libcudart that cannot be loaded), else ``count_error`` is returned."""
+
+    def __init__(self, fail: BaseException | None = None, count_error: str = "cudaErrorNoDevice", driver: int = 0):
+        runtime = pytest.importorskip("cuda.bindings.runtime")
+        self.cudaError_t = runtime.cudaError_t
+        self.fail, self.count_error, self.driver = fail, getattr(runtime.cudaError_t, count_error), driver
+
+    def cudaGetDeviceCount(self):
+        if self.fail is not None:
+            raise self.fail
+        return (self.count_error, None)
+
+    def cudaDriverGetVersion(self):
+        return (self.cudaError_t.cudaSuccess, self.driver)
+
+    def cudaGetErrorName(self, err):
+        return (self.cudaError_t.cudaSuccess, err.name.encode())
+
+
+@pytest.mark.parametrize("cudart, expected", [
+    (lambda: DeadCudart(fail=RuntimeError("Failed to dlopen libcudart.so.13")),
+     "cuda-bindings cannot reach the CUDA runtime (RuntimeError: Failed to dlopen libcudart.so.13)"),
+    (lambda: DeadCudart(fail=OSError("libcuda.so.1: cannot open shared object file")),
+     "cuda-bindings cannot reach the CUDA runtime (OSError: libcuda.so.1: cannot open shared object file)"),
+    (lambda: DeadCudart(count_error="cudaErrorInsufficientDriver"),
+     "no NVIDIA driver is loaded (cudaDriverGetVersion reports none)"),
+    (lambda: DeadCudart(count_error="cudaErrorNoDevice", driver=99000), "no usable CUDA GPU (cudaErrorNoDevice)"),
+])
+def test_cuda_problem_is_a_reason_never_an_exception(monkeypatch, cudart, expected):
+    fake = cudart()
+    monkeypatch.setattr(_trt, "_cudart", lambda: fake)
+    assert _trt.cuda_problem() == expected
+
+
+def test_cuda_problem_without_cuda_bindings_names_the_extra(monkeypatch):
+    def missing():
+        raise ImportError("No module named 'cuda'")
+
+    monkeypatch.setattr(_trt, "_cudart", missing)
+    assert _trt.cuda_problem().startswith("cuda-bindings is not installed: pip install 'rexnet-deploy[tensorrt-cu13]'")
+
+
+# -- the logger's record, the deserialization error ---------------------------------------------------
+def test_the_error_record_names_the_last_error_of_an_operation_not_an_older_one():
+    record = _trt.ErrorRecord(keep=3)
+    assert record.last_error() == "no error was logged"
+    record.add("an earlier build failed")
+    mark = record.mark()
+    assert record.last_error(mark) == "no error was logged"  # the process's one logger heard it, not this call
+    assert record.last_error() == "an earlier build failed"
+    for i in range(5):
+        record.add(f"error {i}")
+    assert record.last_error(mark) == "error 4" and record.mark() == mark + 5
+
+
+def test_an_engine_tensorrt_refuses_is_an_artifact_error_with_its_reason_and_the_rebuild_flag(tmp_path):
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"not an engine")
+    logger = _trt.ErrorRecord()
+    logger.add("an old error from another runner")
+
+    def refuse(data: bytes):  # deserialize_cuda_engine's documented failure: an error logged, None returned
+        assert data == b"not an engine"
+        logger.add("IRuntime::deserializeCudaEngine: Error Code 1: Serialization (magic tag does not match)")
+        return None
+
+    with pytest.raises(ArtifactError, match=r"could not deserialize .*model\.engine \(IRuntime::deserializeCudaEngine: "
+                                            r"Error Code 1: Serialization \(magic tag does not match\)\); rebuild it "
+                                            r"from the stored graph with --rebuild-engine"):
+        _trt.deserialize(refuse, logger, engine)
+
+    def raises(data: bytes):
+        raise RuntimeError("std::bad_alloc\nmore")
+
+    with pytest.raises(ArtifactError, match=r"\(std::bad_alloc\); rebuild it .*--rebuild-engine"):
+        _trt.deserialize(raises, logger, engine)
+    assert _trt.deserialize(lambda _d: "engine", logger, engine) == "engine"
+
+
 def test_cuda_problem_on_this_host_is_the_real_one():
     runtime = pytest.importorskip("cuda.bindings.runtime")
     err, count = runtime.cudaGetDeviceCount()
@@ -91,17 +247,39 @@ def test_host_array_is_a_float32_view_of_the_memory_at_the_address():
     assert view[0, 0, 0] == -1.0
 
 
+# -- streams ---------------------------------------------------------------------------------------
+def test_a_stream_handle_comes_from_get_cuda_native_handle_or_int_on_older_bindings(monkeypatch):
+    runtime = pytest.importorskip("cuda.bindings.runtime")
+    stream = runtime.cudaStream_t(0x7F00)
+    assert _trt.native_handle(stream) == 0x7F00
+    monkeypatch.setitem(sys.modules, "cuda.bindings.utils", None)  # cuda-bindings < 12.9.1: no such function
+    assert _trt.native_handle(stream) == 0x7F00
+
+
+def test_the_stream_is_created_non_blocking():
+    rt = RecordingCudart()
+    assert _trt.new_stream(rt) == "stream"
+    assert rt.calls == [("create-stream", rt.cudaStreamNonBlocking)]
+
+
 # -- CUDA-graph capture and its fallback -------------------------------------------------------------
 class RecordingCudart:
-    """The cudart calls :func:`_trt.capture_graph` makes, answering with real cuda.bindings
-    codes: ``end_error`` is what cudaStreamEndCapture returns (with no graph when it is an error)."""
+    """The cudart calls :func:`_trt.capture_graph` and :func:`_trt.new_stream` make, answering
+    with real cuda.bindings codes: ``end_error`` is what cudaStreamEndCapture returns (with no
+    graph when it is an error), ``instantiate_error`` what cudaGraphInstantiate returns."""
 
-    def __init__(self, end_error=None):
+    def __init__(self, end_error=None, instantiate_error=None):
         self._runtime = pytest.importorskip("cuda.bindings.runtime")
         self.cudaError_t = self._runtime.cudaError_t
         self.cudaStreamCaptureMode = self._runtime.cudaStreamCaptureMode
+        self.cudaStreamNonBlocking = self._runtime.cudaStreamNonBlocking
         self.end_error = end_error or self.cudaError_t.cudaSuccess
+        self.instantiate_error = instantiate_error or self.cudaError_t.cudaSuccess
         self.calls: list = []
+
+    def cudaStreamCreateWithFlags(self, flags):
+        self.calls.append(("create-stream", flags))
+        return self._ok("stream")
 
     def _ok(self, *values):
         return (self.cudaError_t.cudaSuccess, *values)
@@ -121,6 +299,8 @@ class RecordingCudart:
 
     def cudaGraphInstantiate(self, graph, flags):
         self.calls.append(("instantiate", graph))
+        if self.instantiate_error != self.cudaError_t.cudaSuccess:
+            return (self.instantiate_error, None)
         return self._ok("graph-exec")
 
     def cudaGraphDestroy(self, graph):
@@ -163,6 +343,34 @@ def test_an_enqueue_that_raises_still_ends_the_capture():
     assert rt.calls[1:] == ["end", ("destroy", "graph")]
 
 
+def test_a_graph_that_cannot_be_instantiated_falls_back_instead_of_raising():
+    runtime = pytest.importorskip("cuda.bindings.runtime")
+    rt = RecordingCudart(instantiate_error=runtime.cudaError_t.cudaErrorNotSupported)
+    assert _trt.capture_graph(rt, "stream", lambda: True) is None
+    assert rt.calls[1:] == ["end", ("instantiate", "graph"), ("destroy", "graph"), "clear"]
+
+
+def test_a_failed_capture_is_remembered_for_its_batch_size_alone():
+    """Batch 4 cannot be captured, batch 1 can: 4 runs plainly from then on without a second
+    attempt (one warning), 1 keeps replaying its graph, and a later new size is still captured."""
+    attempts: list[int] = []
+    warnings: list[str] = []
+
+    def capture(n: int):
+        attempts.append(n)
+        return None if n == 4 else (f"context{n}", f"graph{n}")
+
+    graphs = _trt.CudaGraphs(capture, warnings.append)
+    assert graphs.get(1) == ("context1", "graph1")
+    assert graphs.get(4) is None
+    for n in (4, 1, 4, 1):
+        graphs.get(n)
+    assert graphs.get(2) == ("context2", "graph2")
+    assert attempts == [1, 4, 2] and graphs.failed == {4} and graphs.captured == [1, 2]
+    assert len(warnings) == 1 and "batch 4" in warnings[0]
+    assert graphs.release() == [("context1", "graph1"), ("context2", "graph2")] and graphs.captured == []
+
+
 def test_any_other_end_capture_error_is_raised_by_name():
     runtime = pytest.importorskip("cuda.bindings.runtime")
     rt = RecordingCudart(end_error=runtime.cudaError_t.cudaErrorStreamCaptureWrongThread)
@@ -178,7 +386,7 @@ CUDA_PROBLEM = _trt.cuda_problem()
 def cuda():
     """(cudart, a stream, a 4 KiB device buffer); freed after the test."""
     rt = _trt._cudart()
-    stream = _trt._cuda(rt.cudaStreamCreate())
+    stream = _trt.new_stream(rt)
     ptr = _trt._cuda(rt.cudaMalloc(4096))
     yield rt, stream, ptr
     rt.cudaStreamSynchronize(stream)
@@ -207,6 +415,14 @@ def test_pinned_host_buffers_round_trip_through_the_gpu(cuda):
     finally:
         _trt._cuda(rt.cudaFreeHost(src))
         _trt._cuda(rt.cudaFreeHost(dst))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(CUDA_PROBLEM is not None, reason=f"needs a CUDA GPU: {CUDA_PROBLEM}")
+def test_the_real_stream_is_non_blocking_and_its_handle_is_its_address(cuda):
+    rt, stream, _ptr = cuda
+    assert _trt._cuda(rt.cudaStreamGetFlags(stream)) == rt.cudaStreamNonBlocking
+    assert _trt.native_handle(stream) == int(stream) != 0
 
 
 @pytest.mark.gpu
@@ -248,16 +464,19 @@ def test_a_real_invalidated_capture_falls_back_and_the_stream_works_after(cuda):
 
 
 def test_every_cuda_runtime_name_used_exists_in_cuda_bindings():
-    """Every ``rt.cuda*`` name _trt uses exists in cuda.bindings.runtime (checked where cuda-bindings
-    is installed), and the pinned-memory calls are among them."""
+    """Every cudart name _trt uses, through ``rt.``/``self._rt.`` or straight through
+    ``_cudart().`` (as ``gpu()`` does), exists in cuda.bindings.runtime (checked where
+    cuda-bindings is installed); the pinned-memory, stream and device-query calls are among them."""
     import inspect
     import re
 
     runtime = pytest.importorskip("cuda.bindings.runtime")
     source = inspect.getsource(_trt)
-    names = set(re.findall(r"\b_?rt\.(cuda\w+(?:\.\w+)*)", source))
-    assert {"cudaMallocHost", "cudaFreeHost", "cudaStreamEndCapture", "cudaGetLastError",
-            "cudaDriverGetVersion", "cudaError_t.cudaErrorStreamCaptureInvalidated"} <= names
+    names = set(re.findall(r"(?:\b_?rt|\b_cudart\(\))\.(cuda\w+(?:\.\w+)*)", source))
+    assert {"cudaMallocHost", "cudaFreeHost", "cudaStreamEndCapture", "cudaGetLastError", "cudaDriverGetVersion",
+            "cudaError_t.cudaErrorStreamCaptureInvalidated", "cudaStreamCreateWithFlags", "cudaStreamNonBlocking",
+            "cudaGetDeviceProperties", "cudaGetErrorName", "cudaError_t.cudaSuccess"} <= names
+    assert "cudaStreamCreate" not in names  # every stream is made non-blocking (new_stream)
     for dotted in names:
         obj = runtime
         for part in dotted.split("."):

@@ -172,8 +172,7 @@ class TensorRTEngine(Engine):
         else:
             mismatch = _trt.engine_mismatch(record)
             if mismatch:
-                raise ArtifactError(f"{self.artifact.path}: {mismatch}; rebuild it from the stored graph with "
-                                    "--rebuild-engine")
+                raise ArtifactError(f"{self.artifact.path}: {mismatch}; {_trt.REBUILD_HINT}")
         self._runner = _trt.EngineRunner(self.artifact.file(ENGINE_FILE), self.input_name, self.output_names,
                                          max_batch=self.batch_range[1], cuda_graph=cuda_graph)
 

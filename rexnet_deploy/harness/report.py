@@ -186,9 +186,13 @@ def info_markdown(manifest: Manifest, path: str) -> str:
     if p and p.get("recipe") == "qad":
         lines.append("- precision pass: " + _qad_line(p))
     elif p:
+        # (manifests before the rename say convs_kept_fp32 / nodes_kept_fp32 for the same lists)
+        unquantized = p.get("convs_unquantized", p.get("convs_kept_fp32")) or []
+        in_fp32 = p.get("nodes_in_fp32", p.get("nodes_kept_fp32")) or []
         detail = (f"{p['calib_method']} calibration from {p['calib_source']}, {p['convs_quantized']} convs quantized, "
-                  f"{len(p['convs_kept_fp32'])} kept FP32, exclude {p['exclude'] or 'nothing'}"
-                  if "calib_method" in p else f"{len(p.get('nodes_kept_fp32', []))} nodes kept FP32")
+                  f"{len(unquantized)} unquantized ({str(p.get('high_precision', 'fp32')).upper()}), "
+                  f"exclude {p['exclude'] or 'nothing'}"
+                  if "calib_method" in p else f"{len(in_fp32)} nodes in FP32")
         lines.append(f"- precision pass: {p['tool']} (ModelOpt {p.get('modelopt')}): {detail}")
     if manifest.backend == "tensorrt":
         e, prof = config.get("engine"), config.get("profile") or {}

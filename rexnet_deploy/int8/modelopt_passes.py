@@ -63,7 +63,7 @@ def to_fp16(src: Path, dst: Path) -> dict[str, Any]:
         "modelopt": _modelopt_version(),
         "low_precision": "fp16",
         "io": "fp32",
-        "nodes_kept_fp32": fp32_nodes,
+        "nodes_in_fp32": fp32_nodes,  # (compute nodes reading FP32 besides the I/O casts; [] expected)
         "seconds": round(time.perf_counter() - started, 1),
     }
 
@@ -124,7 +124,7 @@ def quantize_int8(src: Path, dst: Path, *, calib=None, method: str = "entropy", 
         "activations": "int8 symmetric, per-tensor",
         "weights": "int8 symmetric, per-channel",
         "high_precision": high_precision,
-        "nodes_kept_fp32": fp32_compute_nodes(model) if high_precision == "fp16" else None,
+        "nodes_in_fp32": fp32_compute_nodes(model) if high_precision == "fp16" else None,
         "calib_method": method,
         "calib_source": "cache" if calib is None else "images",
         "exclude": list(exclude),
@@ -133,9 +133,10 @@ def quantize_int8(src: Path, dst: Path, *, calib=None, method: str = "entropy", 
         "quantize_linear_nodes": quantize_linear_count(model),
         "activation_tensors": len(scales),
         "convs_quantized": len(quantized),
-        # ModelOpt leaves some depthwise convs in high precision (channels not a multiple of 8 on
-        # ReXNet); the manifest says which, so nobody has to diff graphs to find out.
-        "convs_kept_fp32": kept,
+        # Convs without Q/DQ, run in ``high_precision`` (FP16 in TensorRT's graphs): --exclude's, and
+        # the depthwise convs ModelOpt leaves unquantized (channels not a multiple of 8 on ReXNet);
+        # the manifest says which, so nobody has to diff graphs to find out.
+        "convs_unquantized": kept,
         "seconds": round(time.perf_counter() - started, 1),
     }
 
@@ -156,7 +157,7 @@ def qdq_to_fp16(path: Path) -> dict[str, Any]:
     onnx.save(model, str(path))
     return {"tool": "modelopt.onnx.autocast.convert_to_f16", "io": "fp32",
             "opset": next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
-            "nodes_kept_fp32": fp32_compute_nodes(model), "seconds": round(time.perf_counter() - started, 1)}
+            "nodes_in_fp32": fp32_compute_nodes(model), "seconds": round(time.perf_counter() - started, 1)}
 
 
 def fp32_quantize_inputs(model) -> tuple[Any, int]:
@@ -268,7 +269,7 @@ def check_cache_matches(scales: dict[str, float], graph, path: Path) -> None:
 
 # -- graph facts ----------------------------------------------------------------------------------
 def conv_precision(model) -> tuple[list[str], list[str]]:
-    """(quantized convs, convs left in high precision) of a Q/DQ graph."""
+    """(quantized convs, unquantized convs: those run in the graph's high precision) of a Q/DQ graph."""
     producer = {o: n for n in model.graph.node for o in n.output}
     quantized, kept = [], []
     for node in model.graph.node:
