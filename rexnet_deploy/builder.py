@@ -121,10 +121,10 @@ def compile(
     info = backends.get(spec.backend)
     spec = dataclasses.replace(spec, backend=info.name, device=spec.device or info.default_device)
     backends.check_spec(info, spec, head=model.head)
-    replaced = [o.cli_flag for o in info.options if o.replaces_calib and (backend_options or {}).get(o.name) is not None]
-    calib_set = _plan_calibration(spec, calib, calib_size, calib_seed, replaced[0] if replaced else None)
     backend = backends.load_module(info, for_build=True)
     options = backends.validate(info, backend, spec, backend_options)  # the one validation of the options
+    replaced = [o.cli_flag for o in info.options if o.replaces_calib and (backend_options or {}).get(o.name) is not None]
+    calib_set = _plan_calibration(spec, calib, calib_size, calib_seed, replaced[0] if replaced else None)
     writer, engine = ArtifactWriter(out, force=force), None
     try:
         from .harness.reference import TorchReference

@@ -117,6 +117,13 @@ def build_artifact(tmp_path_factory, name: str, backend: str, precision: str, *,
     return out
 
 
+@pytest.fixture(scope="session")
+def pt2_fp32_path(tmp_path_factory) -> Path:
+    """A pt2 (torch.export + AOTInductor) FP32 package of rexnet_100, random weights (seed 0), batch 1..8
+    (about 40 s: the C++ compile)."""
+    return build_artifact(tmp_path_factory, "pt2-fp32", "pt2", "fp32", check_options={"synthetic": 8})
+
+
 def _ov_build(tmp_path_factory, name: str, precision: str, **kwargs) -> Path:
     pytest.importorskip("openvino")
     return build_artifact(tmp_path_factory, name, "openvino", precision, **kwargs)

@@ -33,18 +33,25 @@ if TYPE_CHECKING:  # pragma: no cover
 PAYLOAD = "model.ts"
 
 
+DEPRECATION_NOTE = ("TorchScript is deprecated upstream (torch {version} warns on every torch.jit call): "
+                    "--backend pt2 (torch.export + AOTInductor) is its successor")
+
+
 @contextlib.contextmanager
-def _quiet_jit():
-    """Silence TorchScript's deprecation and tracer warnings (they are about our use, not the user's)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        warnings.filterwarnings("ignore", message=".*TorchScript.*")
-        warnings.filterwarnings("ignore", message=".*torch.jit.*")
+def _quiet_jit(deprecations: list[str] | None = None):
+    """Keep TorchScript's deprecation and tracer warnings from the user (they are about our use,
+    not their model); the deprecation messages seen are appended to ``deprecations``."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         import torch
 
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         yield
+    ours = (DeprecationWarning, FutureWarning, torch.jit.TracerWarning)
+    for w in caught:
+        if not issubclass(w.category, ours):  # someone else's warning: pass it on
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        elif deprecations is not None and "deprecat" in str(w.message).lower():
+            deprecations.append(str(w.message))
 
 
 def validate(spec: BuildSpec, options: dict[str, Any]) -> dict[str, Any]:
@@ -81,7 +88,8 @@ def build(ref, spec: BuildSpec, writer, log: BuildLog, *, calib=None,
     # trace at batch 2, so no size-1 batch dimension gets baked into the graph
     example = _to_input(torch.randn(2, c, h, w, generator=torch.Generator().manual_seed(0)), device, dtype)
     log("tracing and freezing")
-    with _quiet_jit(), torch.inference_mode(False), torch.no_grad():
+    deprecations: list[str] = []
+    with _quiet_jit(deprecations), torch.inference_mode(False), torch.no_grad():
         traced = torch.jit.trace(module, example, check_trace=False)
         frozen = torch.jit.freeze(traced.eval())
         torch.jit.save(frozen, str(writer.path(PAYLOAD)))
@@ -100,6 +108,8 @@ def build(ref, spec: BuildSpec, writer, log: BuildLog, *, calib=None,
             got = on(reloaded)(x)
             if any(g.shape != e.shape or not np.allclose(g, e, rtol=1e-2, atol=atol) for g, e in zip(got, want)):
                 raise BuildError(f"the traced TorchScript module differs from eager at batch {n}; cannot build")
+    if deprecations:  # one line instead of torch's warning on every call
+        log(DEPRECATION_NOTE.format(version=torch.__version__.split("+")[0]))
     # the reference module is shared with the harness: give it back as it came (FP32, NCHW, CPU)
     module.to(device="cpu", dtype=torch.float32, memory_format=torch.contiguous_format)
     major, minor = torch_version()
