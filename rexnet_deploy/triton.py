@@ -6,8 +6,12 @@ eval transform clients must apply, since Triton receives the float32 NCHW batch)
 
 Each backend's target is its registry row's :class:`~rexnet_deploy.backends.base.TritonTarget`:
 OpenVINO (``openvino`` backend), ONNX Runtime (``onnxruntime_onnx``), TensorRT
-(``tensorrt_plan``, only an artifact holding a built engine) and TorchScript
-(``pytorch_libtorch``, which addresses tensors by position: ``INPUT__0``, ``OUTPUT__k``).
+(``tensorrt_plan``, only an artifact holding a built engine), TorchScript
+(``pytorch_libtorch``, which addresses tensors by position: ``INPUT__0``, ``OUTPUT__k``) and PyTorch 2
+(``torch_aoti``: Triton's PyTorch backend loads the AOTInductor ``model.pt2``, by the same positional
+names, one request of batch 1 at a time as yet). A target's ``max_batch`` caps ``max_batch_size``
+where Triton documents a limit; the instance kind follows the device the artifact was built for
+(a ``.pt2`` package is compiled for one device: a CPU package cannot serve ``KIND_GPU``).
 
 All models are staged in a hidden folder beside the repository and renamed into place only once every
 one of them is written (and its config parsed by Triton's own protobuf, where tritonclient is
@@ -91,12 +95,17 @@ def _plan(artifact: Artifact, max_batch: int | None) -> _Plan:
     target, m = _target(artifact), artifact.manifest
     parameters = {param: str(m.backend_config[key]) for param, key in target.parameters.items()
                   if m.backend_config.get(key)}
-    return _Plan(artifact, target, _max_batch(artifact, max_batch), "KIND_GPU" if m.device.startswith("cuda") else "KIND_CPU",
-                 *_io_names(artifact, target), parameters)
+    return _Plan(artifact, target, _max_batch(artifact, max_batch, target),
+                 "KIND_GPU" if m.device.startswith("cuda") else "KIND_CPU", *_io_names(artifact, target), parameters)
 
 
-def _max_batch(artifact: Artifact, requested: int | None) -> int:
+def _max_batch(artifact: Artifact, requested: int | None, target: TritonTarget) -> int:
     lo, hi = artifact.manifest.input.batch
+    if target.max_batch:  # what Triton's backend for this platform documents it runs
+        most, why = target.max_batch
+        if requested is not None and requested > most:
+            raise UsageError(f"{artifact.path}: --max-batch {requested}: {why}")
+        hi = min(hi, most)
     # an optimization profile (TensorRT) is a hard limit; Triton batches anything from 1 up
     profile = artifact.manifest.backend_config.get("profile") or {}
     if profile:

@@ -139,6 +139,27 @@ def test_tensorrt_plan_config(ort_fp32_path, tmp_path):
         export_triton([trt], tmp_path / "repo2", max_batch=7)
 
 
+def test_target_max_batch_caps_and_refuses(ort_fp32_path, tmp_path):
+    """A target's documented batch limit (pt2: Triton's torch_aoti runs batch 1 as yet) caps the
+    default max_batch_size and refuses a larger --max-batch in one line; an ONNX Runtime artifact
+    relabelled as pt2 stands in for a real package (tests/test_pt2_serving.py builds one)."""
+    fake = tmp_path / "pt2"
+    shutil.copytree(ort_fp32_path, fake)
+    (fake / "model.pt2").write_bytes(b"pt2 package bytes")
+    manifest = json.loads((fake / "manifest.json").read_text())
+    manifest["backend"], manifest["payload"] = "pt2", "model.pt2"
+    manifest["files"]["model.pt2"] = file_sha256(fake / "model.pt2")
+    (fake / "manifest.json").write_text(json.dumps(manifest))
+    (model,) = export_triton([fake], tmp_path / "repo", names=["aoti"])
+    cfg = parse_config((model.path / "config.pbtxt").read_text())
+    assert (cfg.platform, cfg.max_batch_size, model.kind) == ("torch_aoti", 1, "KIND_CPU")  # the manifest says 8
+    assert [i.name for i in cfg.input] == ["INPUT__0"] and [o.name for o in cfg.output] == ["OUTPUT__0"]
+    assert (model.path / "1" / "model.pt2").read_bytes() == b"pt2 package bytes"
+    r = cli_in_process("export-triton", str(fake), "--repo", str(tmp_path / "repo2"), "--max-batch", "2")
+    expect_error(r, "--max-batch 2", "batch sizes above 1")
+    assert not (tmp_path / "repo2").exists() or not list((tmp_path / "repo2").iterdir())
+
+
 def test_refusals_leave_the_repo_untouched(ort_fp32_path, ts_engine_path, tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()

@@ -149,6 +149,13 @@ BACKENDS: dict[str, BackendInfo] = {
                 "FP16 on CUDA, INT8 on x86 CPUs (PT2E X86InductorQuantizer); torch alone at runtime",
         devices=("cpu", "cuda"),
         options=_PT2_OPTIONS,
+        # Triton's PyTorch backend (26.03+), triton-inference-server/pytorch_backend README.md "AOT Inductor
+        # Support (Beta)": platform "torch_aoti" (core src/constants.h: kPyTorchAotiPlatform, file model.pt2),
+        # ordinal names INPUT__0/OUTPUT__0, batch sizes above 1 not yet supported
+        triton=TritonTarget("torch_aoti", {"model.pt2": "model.pt2"}, positional_names=True, max_batch=(
+            1, "Triton's PyTorch backend does not yet support batch sizes above 1 for AOTInductor .pt2 models "
+               "(pytorch_backend README, AOT Inductor Support); leave --max-batch out (1), or export a --backend "
+               "torchscript or onnxruntime artifact for batched Triton serving")),
     ),
     "openvino": BackendInfo(
         name="openvino",

@@ -85,6 +85,9 @@ class TritonTarget:
     parameters: Mapping[str, str] = field(default_factory=dict)
     # (backend_config key, why not) — an artifact whose key is empty cannot be exported
     requires: tuple[str, str] | None = None
+    # (most, why): the largest batch Triton documents for this platform; export writes at most
+    # this max_batch_size and refuses a --max-batch above it, saying why
+    max_batch: tuple[int, str] | None = None
 
 
 class BackendModule(Protocol):
