@@ -37,7 +37,8 @@ ROWS = [_row("onnxruntime/fp32", 100.0, 1.0, 0.9), _row("openvino/int8", 300.0, 
 
 
 def test_candidates_are_the_rows_measured_precisions_in_table_order():
-    assert candidates() == [("torchscript", "fp32"), ("torchscript", "fp16"), ("openvino", "fp32"), ("openvino", "fp16"),
+    assert candidates() == [("torchscript", "fp32"), ("torchscript", "fp16"), ("pt2", "fp32"), ("pt2", "bf16"),
+                            ("pt2", "fp16"), ("pt2", "int8"), ("openvino", "fp32"), ("openvino", "fp16"),
                             ("openvino", "bf16"), ("openvino", "int8"), ("onnxruntime", "fp32"), ("onnxruntime", "fp16"),
                             ("onnxruntime", "int8"), ("tensorrt", "fp16"), ("tensorrt", "int8")]
     assert candidates(["tensorrt", "openvino/int8"]) == [("openvino", "int8"), ("tensorrt", "fp16"), ("tensorrt", "int8")]

@@ -182,3 +182,17 @@ def test_int8_package_by_quantization_aware_distillation(tmp_path_factory, calib
         x = np.random.default_rng(0).standard_normal((3, 3, 224, 224), dtype=np.float32)
         assert engine.run_batch(x)[0].shape == (3, 1000)
     assert any("distilling 3 steps" in line for line in logs)
+
+
+@pytest.mark.parametrize("precision, fragment", [("int8", "INT8 pt2 needs a CPU with VNNI"),
+                                                 ("bf16", "BF16 pt2 on CPU needs AVX-512 BF16 or AMX")])
+def test_a_precision_the_cpu_cannot_run_is_refused_before_any_work(monkeypatch, tmp_path, calib_dir, precision,
+                                                                     fragment):
+    """On an AVX2-only CPU (its flags stand in for this host's) INT8 and BF16 builds stop in one line."""
+    from rexnet_deploy import cpu
+
+    monkeypatch.setattr(cpu, "cpuinfo_flags", lambda: ["sse4_2", "avx", "avx2", "fma", "f16c", "bmi1", "bmi2"])
+    r = cli_in_process("build", "-q", "--backend", "pt2", "--precision", precision, "--weights", "random",
+                       "--calib", str(calib_dir), "--out", str(tmp_path / "x"))
+    expect_error(r, fragment, "(avx2)")
+    assert not (tmp_path / "x").exists()

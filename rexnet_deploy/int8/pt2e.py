@@ -7,8 +7,8 @@ Two recipes (``--recipe``):
   int8 per-channel symmetric weights) on the calibration images, the squeeze-excitation gates
   left in float as every other recipe here does;
 * ``qad`` (default): ``prepare_qat_pt2e`` with the same quantizer in QAT mode (fake-quantize with
-  moving-average ranges, BatchNorm folded into the convolution weights as the quantized kernels
-  see them), ranges seeded on the calibration images, then ``--qad-steps`` of distillation toward
+  moving-average ranges; BatchNorm is folded into the convolutions before export for both
+  recipes, so the weights trained are those the INT8 kernels see), ranges seeded on the calibration images, then ``--qad-steps`` of distillation toward
   the FP32 logits on augmented calibration photos (:func:`rexnet_deploy.int8.qad.distill`, the
   recipe that lifted the other backends' INT8 from ~0.89 to ~0.95 top-1 agreement on unseen photos).
 
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..models import SE_GATES
+from ..models import SE_GATES, fold_batchnorm
 from .qad import QadConfig, distill
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -55,7 +55,10 @@ def quantize(ref, spec: "BuildSpec", calib, options: dict[str, Any], log: "Build
     chw = tuple(ref.data_config.input_size)
     x = torch.from_numpy(np.concatenate(calib.tensors()))
     started = time.perf_counter()
-    model = exportable(copy.deepcopy(ref.module).eval(), torch.float32)
+    # BatchNorm folded first: the quantizer sees the convolutions' final weights, and torchao's QAT
+    # conv-BN fusion (prepare_qat_pt2e) fails on a convolution left unquantized (the SE gates'
+    # fc1: IndexError in _update_conv_input_qspec_map_after_replacement, torchao 0.18)
+    model = exportable(fold_batchnorm(copy.deepcopy(ref.module)).eval(), torch.float32)
     log(f"exporting for PT2E quantization ({'QAT' if qat else 'PTQ'} graph)")
     graph = export(model, TRAINING_BATCH, chw, "cpu", None).module()
     quantizer, kept = _quantizer(model, qat)
