@@ -20,18 +20,28 @@ and the report are :mod:`rexnet_deploy.harness.suite`'s. Sections:
   warm-up never saw;
 * CUDA graphs: TorchScript ``cuda_graph`` b1 vs eager FP16 as a CUDA graph b1 (target <= 1.2×);
 * GPU-resident I/O b256 vs the best eager FP16 b256 (target >= 0.9× its throughput);
-* TorchScript FP32 build and bench; torch.compile(mode="reduce-overhead") FP16 b1/b256 as the
-  yardstick for TensorRT; TensorRT FP16/INT8 rows.
+* torch.compile(mode="reduce-overhead") FP16 b1/b256: the yardstick for pt2 and TensorRT;
+* pt2 FP16 and BF16 (torch.export + AOTInductor, ``max_autotune``), built on this GPU through
+  ``rexnet_deploy.build`` in a child process killed at ``--pt2-build-cap`` (then rebuilt without
+  ``max_autotune``): build, package load and first-call times, then b1 latency and b256
+  GPU-resident throughput with ``cuda_graph=True`` (one graph per warmed size, static buffers),
+  timed in alternating rounds with torch.compile and TorchScript ``cuda_graph`` (targets for
+  FP16: b1 <= 1.0× torch.compile, b256 >= 1.0×; stretch 30k img/s);
+* TorchScript FP32 build and bench; TensorRT FP16/INT8 rows.
 
-The run is bounded: ``--budget`` seconds in all (default 420); a section that would not fit in
-what is left is skipped with the reason, and a watchdog writes the report and exits at
-``--budget`` + 60 s whatever is running.
+Sections run in order of importance: a section that would not fit in what is left of
+``--budget`` seconds (default 420) is skipped with the reason (``--skip`` leaves out chosen
+ones), and a watchdog writes the report, kills a running build and exits at ``--budget`` + 60 s
+whatever is running. Inside the pt2 sections each measurement is its own row: one that raises is
+an ``error`` row with its one line, and the others still run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import json
 import os
 import shutil
 import sys
@@ -45,9 +55,22 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from rexnet_deploy.errors import one_line
-from rexnet_deploy.harness.suite import STATUSES, Suite, write_report
+from rexnet_deploy.harness.suite import STATUSES, ChildRun, Suite, alternate, error_text, write_report
 
+REPO = Path(__file__).resolve().parents[1]
 WATCHDOG_GRACE_S = 60.0
+# sections --skip can leave out (setup and the TorchScript build everything else compares with always run)
+SECTION_KEYS = ("cuda-graphs", "device-io", "compile", "pt2", "bench", "hand-loop", "first-calls", "fp32", "tensorrt")
+PT2_PRECISIONS = ("fp16", "bf16")
+PT2_RESERVE_S = 60.0      # kept for load + measurements after a pt2 build (dry run: 20 s)
+PT2_MIN_AUTOTUNE_S = 120.0  # a max_autotune build is not tried with less than this
+PT2_PLAIN_CAP_S = 300.0   # the most a pt2 build without max_autotune may take
+PT2_NEED_S = 150.0        # a pt2 section is not started with less left (a plain build + measurements)
+STRETCH_IPS = 30000.0     # issue 18's stretch goal for pt2 FP16 b256 GPU-resident throughput
+COMPILE = "torch.compile reduce-overhead"
+CHILD_TAG = "GPU_SUITE_CHILD "
+LOG_CHARS = 200_000       # the tail of a build child's output kept in OUT
+CHILD_CODE = "import sys; from benchmarks.gpu_suite import build_child; raise SystemExit(build_child(sys.argv[1]))"
 CANDIDATES = {  # where the suite looks when --weights/--dev/--calib are not given
     "weights": ("gpu_carry/rexnet_100-exemplar400.safetensors", "../shared/models/rexnet_100-exemplar400.safetensors"),
     "dev": ("gpu_carry/dev", "../shared/data/imagenet-sample/dev"),
@@ -72,6 +95,10 @@ class Config:
     with_compile: bool = True
     unwarmed_sizes: tuple[int, ...] = (3, 48)
     work: Path | None = None  # where engines are built [a temporary folder, removed at the end]
+    pt2: tuple[str, ...] = PT2_PRECISIONS  # pt2 precisions built and timed (dry run: fp16, built as fp32)
+    pt2_autotune: bool = True      # build pt2 packages with Inductor's max_autotune
+    pt2_build_cap: float = 240.0   # seconds a max_autotune build may take before it is killed
+    skip: tuple[str, ...] = ()     # SECTION_KEYS not to run
 
     @property
     def device(self) -> str:
@@ -99,9 +126,23 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     p.add_argument("--with-compile", action="store_true", help="dry run: run torch.compile on the CPU too (minutes)")
     p.add_argument("--work", default=None, help="where the engines are built [a temporary folder, removed at the end]")
+    p.add_argument("--pt2", default=None, help="pt2 precisions to build and time, comma-separated, or 'none' "
+                                               "[fp16,bf16; dry run: fp16, built as fp32 on the CPU]")
+    p.add_argument("--no-max-autotune", action="store_true",
+                   help="build the pt2 packages without Inductor's max_autotune (minutes shorter)")
+    p.add_argument("--pt2-build-cap", type=float, default=None,
+                   help="seconds a max_autotune pt2 build may take before it is killed and rebuilt without [240]")
+    p.add_argument("--skip", default="", help=f"sections not to run, comma-separated: {', '.join(SECTION_KEYS)}")
     a = p.parse_args(argv)
     if a.device == "cpu" and not a.dry_run:
         p.error("--device cpu is for --dry-run (the suite measures GPUs)")
+    skip = tuple(k for k in a.skip.replace(" ", "").split(",") if k)
+    if set(skip) - set(SECTION_KEYS):
+        unknown = ",".join(sorted(set(skip) - set(SECTION_KEYS)))
+        p.error(f"--skip {unknown}: not a section (one of {', '.join(SECTION_KEYS)})")
+    pt2 = None if a.pt2 is None else tuple(k for k in a.pt2.replace(" ", "").split(",") if k and k != "none")
+    if pt2 and set(pt2) - set(PT2_PRECISIONS):
+        p.error(f"--pt2 {a.pt2}: precisions are {', '.join(PT2_PRECISIONS)} (or none)")
     dry = a.dry_run
     out = Path(a.out_dir or a.out_opt or os.environ.get("OUT") or "runs/gpu_suite")
     cfg = Config(out=out, weights=_found(a.weights, "weights"), dev=_found(a.dev, "dev"),
@@ -115,10 +156,15 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         cfg.budget, cfg.seconds, cfg.batches, cfg.batch_range = 900.0, 0.2, (1, 2), (1, 4)
         cfg.dev_limit, cfg.max_warmup_seconds, cfg.unwarmed_sizes = 8, 1.0, (3,)
         cfg.with_compile = a.with_compile
+        cfg.pt2 = ("fp16",)  # one CPU build (fp32 standing in for fp16, ~40 s) smoke-tests the pt2 rows
     cfg.budget = a.budget if a.budget is not None else cfg.budget
     cfg.seconds = a.seconds if a.seconds is not None else cfg.seconds
     if a.no_compile:
         cfg.with_compile = False
+    cfg.pt2 = cfg.pt2 if pt2 is None else pt2
+    cfg.pt2_autotune = not a.no_max_autotune
+    cfg.pt2_build_cap = a.pt2_build_cap if a.pt2_build_cap is not None else cfg.pt2_build_cap
+    cfg.skip = skip
     return cfg
 
 
@@ -147,16 +193,27 @@ class GpuChecks:
         self.model_spec = None
         self.ref = None            # TorchReference: FP32 eager on the CPU
         self.engine = None         # the main TorchScript engine (FP16 on CUDA)
+        self.ts_graphed = None     # the same artifact loaded with cuda_graph (graphs at 1 and the range's end)
+        self.compile_fns: dict[int, Callable[[Any], Any]] = {}  # torch.compile reduce-overhead per batch size
+        self.compile_why = "the torch.compile section did not run"  # why compile_fns lacks a size
         self.timings: dict[str, float] = {}
         self.work = self.cfg.work
 
+    def close(self) -> None:
+        for engine in (self.ts_graphed, self.engine):
+            if engine is not None:
+                engine.close()
+        self.compile_fns.clear()
+
     # -- helpers ---------------------------------------------------------------------------------
-    def steady(self, fn: Callable[[Any], Any], x: Any, seconds: float | None = None) -> dict[str, Any]:
-        """p50 etc. of ``fn(x)`` after a steady warm-up, each call timed up to the device sync."""
+    def steady(self, fn: Callable[[Any], Any], x: Any, seconds: float | None = None, *,
+               min_warm: float | None = None) -> dict[str, Any]:
+        """p50 etc. of ``fn(x)`` after a steady warm-up, each call timed up to the device sync.
+        ``min_warm``: the warm-up's floor in seconds, for runners already warm [the bench rule's]."""
         from rexnet_deploy.harness.bench import summarize, time_calls
         from rexnet_deploy.warmup import rule_for, warm_until_steady
 
-        rule = rule_for(self.device, max_seconds=self.cfg.max_warmup_seconds)
+        rule = rule_for(self.device, max_seconds=self.cfg.max_warmup_seconds, min_seconds=min_warm)
         record = warm_until_steady(lambda: fn(x), rule, after=self.sync)
         seconds = self.cfg.seconds if seconds is None else seconds
         n = max(10, int(seconds / max(record.last_s, 1e-6)))
@@ -351,7 +408,7 @@ class GpuChecks:
             return
         t = self.s.clock()
         graphed = Engine.load(self.engine.artifact.path, cuda_graph=True, warm_batches=(1, self.cfg.batch_range[1]))
-        try:
+        try:  # kept open on success: the pt2 sections time it alternately with pt2 (closed by close())
             self.s.add(sec, "load with cuda_graph (warm + capture)", self.s.clock() - t, "s",
                        note=f"graphs at batch {', '.join(map(str, graphed.graph_batches))}")
             x = self.tensor(1)
@@ -377,8 +434,10 @@ class GpuChecks:
             self.s.add(sec, "eager FP16 channels-last as a CUDA graph b1 p50", eg["p50_ms"], "ms")
             self.s.add(sec, "torchscript cuda_graph b1 / eager CUDA graph b1", ts["p50_ms"] / eg["p50_ms"], "×",
                        target=("<=", 1.2))
-        finally:
+        except BaseException:
             graphed.close()
+            raise
+        self.ts_graphed = graphed
 
     def device_io(self) -> None:
         torch, sec = self.torch, "GPU-resident I/O" if self.cuda else "tensor I/O (cpu)"
@@ -416,9 +475,11 @@ class GpuChecks:
         torch, sec = self.torch, "torch.compile reduce-overhead"
         names = [f"b{b}" for b in (1, self.cfg.batches[-1])]
         if not self.cfg.with_compile:
-            self.s.skip(sec, names, "dry run: torch.compile takes minutes on a small CPU (--with-compile runs it)"
-                        if self.cfg.dry_run else "--no-compile")
+            self.compile_why = ("dry run: torch.compile takes minutes on a small CPU (--with-compile runs it)"
+                                if self.cfg.dry_run else "--no-compile")
+            self.s.skip(sec, names, self.compile_why)
             return
+        self.compile_why = "torch.compile did not run at this size (see its section)"
         fmt, dtype = torch.channels_last, self.half
         module = copy.deepcopy(self.ref.module).to(device=self.device, dtype=dtype, memory_format=fmt).eval()
 
@@ -427,7 +488,8 @@ class GpuChecks:
 
         for b in (1, self.cfg.batches[-1]):
             if self.s.left() < 60:
-                self.s.skip(sec, [f"b{b}"], f"time budget: {self.s.left():.0f} s left, a compile needs ~60 s")
+                self.compile_why = f"time budget: {self.s.left():.0f} s left, a compile needs ~60 s"
+                self.s.skip(sec, [f"b{b}"], self.compile_why)
                 continue
             fn = torch.compile(forward, mode="reduce-overhead", dynamic=False)  # static shapes: one graph per size
             x = self.tensor(b)
@@ -440,8 +502,8 @@ class GpuChecks:
             except Exception as exc:  # noqa: BLE001 - the host's toolchain (no C compiler, no triton) is a skip
                 if not type(exc).__module__.startswith(("torch._dynamo", "torch._inductor")):
                     raise
-                self.s.skip(sec, [f"b{b}"], f"torch.compile does not work on this host: {type(exc).__name__}: "
-                                            f"{one_line(exc)}")
+                self.compile_why = f"torch.compile does not work on this host: {type(exc).__name__}: {one_line(exc)}"
+                self.s.skip(sec, [f"b{b}"], self.compile_why)
                 return
             compile_s = time.perf_counter() - t
 
@@ -450,12 +512,188 @@ class GpuChecks:
                     return fn(t_)
 
             r = self.steady(call, x)
+            self.compile_fns[b] = call  # kept (with its CUDA graph) for the pt2 sections' alternating rounds
             note = f"compile + first call {compile_s:.1f} s; {r['throughput_ips']:.0f} img/s"
             if b == 1 and "graph_b1_p50" in self.timings:
                 note += f"; torchscript cuda_graph b1 / this: {self.timings['graph_b1_p50'] / r['p50_ms']:.2f}×"
             if b != 1 and "device_b_ips" in self.timings:
                 note += f"; torchscript tensor I/O img/s / this: {self.timings['device_b_ips'] / r['throughput_ips']:.2f}×"
-            self.s.add(sec, f"b{b} p50", r["p50_ms"], "ms", note=note + " (the yardstick for TensorRT)")
+            self.s.add(sec, f"b{b} p50", r["p50_ms"], "ms", note=note + " (the yardstick for pt2 and TensorRT)")
+
+    # -- pt2: torch.export + AOTInductor ---------------------------------------------------------
+    def pt2_names(self, precision: str) -> tuple[str, str]:
+        """(the precision built, the section's label): the dry run builds FP32 on the CPU for FP16."""
+        if self.cuda or precision != "fp16":
+            return precision, precision
+        return "fp32", "fp32 standing in for fp16"
+
+    def pt2(self, precision: str) -> None:
+        """One pt2 package: built on this device through ``rexnet_deploy.build`` (a child process,
+        bounded), loaded, checked, and timed against torch.compile and TorchScript."""
+        built, label = self.pt2_names(precision)
+        sec = f"pt2 {label}"
+        if not self.cuda:
+            from rexnet_deploy.backends.pt2 import host_problem
+
+            why = host_problem(built)
+            if why:
+                self.s.skip(sec, pt2_rows(self.cfg), why)
+                return
+        path = (self.work / f"pt2-{built}").resolve()
+        if self.pt2_build(sec, built, path):
+            self.pt2_measure(sec, precision, path)
+
+    def pt2_build(self, sec: str, precision: str, path: Path) -> bool:
+        """The build, with max_autotune when asked and the budget allows (killed at its cap, then
+        rebuilt without); the row says which. False: no package."""
+        cfg, left = self.cfg, self.s.left
+        reserve = PT2_RESERVE_S if self.cuda else 20.0
+        autotune, why = cfg.pt2_autotune, "" if cfg.pt2_autotune else "--no-max-autotune"
+        if autotune and not self.cuda:
+            autotune, why = False, "dry run: no max_autotune (minutes of kernel benchmarks; a smoke run needs none)"
+        cap = min(cfg.pt2_build_cap, left() - reserve)
+        if autotune and cap < PT2_MIN_AUTOTUNE_S:
+            autotune, why = False, (f"time budget: {left():.0f} s left, a max_autotune build is not started with "
+                                    f"under {PT2_MIN_AUTOTUNE_S:.0f} s for it")
+        if autotune:
+            r = self.pt2_child_build(precision, path, True, cap)
+            if r["ok"]:
+                self.s.add(sec, "build (max_autotune)", r["build_s"], "s", note=build_note(r, self.device))
+                return True
+            if r["timed_out"]:
+                self.s.add(sec, "build (max_autotune)", r["seconds"], "s", target=("<=", round(cap)),
+                           note=f"killed after {cap:.0f} s (--pt2-build-cap, or what the budget left); "
+                                "rebuilding without max_autotune")
+                why = f"the max_autotune build did not finish in {cap:.0f} s"
+            else:
+                self.s.add(sec, "build (max_autotune)", status="error", note=r["error"])
+                why = "the max_autotune build failed"
+        timeout = min(PT2_PLAIN_CAP_S, left() - reserve)
+        if timeout < 30:
+            self.s.skip(sec, ["build (no max_autotune)"], f"time budget: {left():.0f} s left ({why})")
+            return False
+        r = self.pt2_child_build(precision, path, False, timeout)
+        if r["ok"]:
+            self.s.add(sec, "build (no max_autotune)", r["build_s"], "s", note=build_note(r, self.device) + f"; {why}")
+            return True
+        if r["timed_out"]:
+            self.s.add(sec, "build (no max_autotune)", r["seconds"], "s", target=("<=", round(timeout)),
+                       note=f"killed after {timeout:.0f} s")
+        else:
+            self.s.add(sec, "build (no max_autotune)", status="error", note=r["error"])
+        return False
+
+    def pt2_child_build(self, precision: str, path: Path, autotune: bool, timeout: float) -> dict[str, Any]:
+        job = {"weights": str(Path(self.cfg.weights).resolve()) if self.cfg.weights else None, "precision": precision,
+               "device": self.device, "batch": list(self.cfg.batch_range), "max_autotune": autotune, "out": str(path)}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+        run = self.s.run_child([sys.executable, "-c", CHILD_CODE, json.dumps(job)], timeout, cwd=REPO, env=env)
+        with contextlib.suppress(OSError):  # the child's output (autotune tables, a traceback) comes back in OUT
+            self.cfg.out.mkdir(parents=True, exist_ok=True)
+            log = f"$ {json.dumps(job)}\n{run.stdout}\n--- stderr ---\n{run.stderr}"
+            (self.cfg.out / f"pt2-{precision}-{'autotune' if autotune else 'plain'}.log").write_text(log[-LOG_CHARS:])
+        return parse_child(run)
+
+    def first_call(self, fn: Callable[[Any], Any], x: Any) -> float:
+        t = time.perf_counter()
+        fn(x)
+        if self.sync:
+            self.sync()
+        return (time.perf_counter() - t) * 1e3
+
+    def ts_yardstick(self) -> tuple[Any, str]:
+        """The TorchScript engine pt2 is timed against: the one with CUDA graphs where the cuda
+        graphs section made it, else the plain one (the CPU's only kind)."""
+        if self.ts_graphed is not None:
+            return self.ts_graphed, f"torchscript {self.label} cuda_graph"
+        return self.engine, f"torchscript {self.label}" + (" without CUDA graphs (the cuda graphs section did not "
+                                                           "run)" if self.cuda else "")
+
+    def pt2_measure(self, sec: str, precision: str, path: Path) -> None:
+        from rexnet_deploy.engine import Engine
+
+        sizes = tuple(dict.fromkeys((1, self.cfg.batches[-1])))
+        x1 = self.tensor(1)
+        with self.s.attempt(sec, "package load (no warm-up)"):
+            t = self.s.clock()
+            cold = Engine.load(path, warm=False)
+            load_s = self.s.clock() - t
+            try:
+                first = self.first_call(cold, x1)
+            finally:
+                cold.close()
+            self.s.add(sec, "package load (no warm-up)", load_s, "s", note="Engine.load(path, warm=False): "
+                       "checksums, host check, aoti_load_package")
+            self.s.add(sec, "first call b1 after that load (tensor I/O)", first, "ms",
+                       note="what a request pays without the load warm-up" + (" (CUDA modules load lazily, "
+                                "cuDNN and the allocator settle)" if self.cuda else ""))
+        opts = {"cuda_graph": True, "warm_batches": sizes} if self.cuda else {"warm": True, "warm_batches": sizes}
+        t = self.s.clock()
+        engine = Engine.load(path, **opts)  # no engine, nothing to time: the section's error row
+        try:
+            if self.cuda:
+                self.s.add(sec, "load with cuda_graph (load + warm-up + capture)", self.s.clock() - t, "s",
+                           note=f"graphs at batch {', '.join(map(str, engine.graph_batches))}; "
+                                "aoti_load_package(run_single_threaded=True)")
+            else:
+                self.s.add(sec, "load with warm-up", self.s.clock() - t, "s", note=f"warmed at {sizes}")
+                self.s.skip(sec, ["cuda_graph replay"], "dry run on cpu: CUDA graphs need CUDA (rows below: no graphs)")
+            for b in sizes:
+                with self.s.attempt(sec, f"b{b} first call after the load"):
+                    first = self.first_call(engine, self.tensor(b))
+                    self.s.add(sec, f"b{b} first call after the load (tensor I/O)", first, "ms", target=("<=", 100.0),
+                               note="after the load's warm-up" + (" and capture" if self.cuda else ""))
+            with self.s.attempt(sec, "check on dev photos"):
+                self.check_rows(sec, engine)
+            for b in sizes:
+                with self.s.attempt(sec, f"b{b} timing"):
+                    self.pt2_compare(sec, engine, b, judged=precision == "fp16")
+            with self.s.attempt(sec, "AOTI module called directly, b1 p50"):
+                torch, module = self.torch, engine.module
+
+                def direct(t_):
+                    with torch.inference_mode():
+                        return module(engine.module_input(t_))
+
+                r = self.steady(direct, x1)
+                self.s.add(sec, "AOTI module called directly, b1 p50", r["p50_ms"], "ms",
+                           note="engine.module(engine.module_input(x)): no CUDA graph, no engine")
+        finally:
+            engine.close()
+
+    def pt2_compare(self, sec: str, engine: Any, b: int, *, judged: bool) -> None:
+        """pt2 at batch ``b`` (tensor I/O; CUDA-graph replay on a GPU) timed in 3 alternating
+        rounds with torch.compile reduce-overhead and TorchScript; the ratios. ``judged``: FP16's
+        targets (b1 <= 1.0× torch.compile, last batch >= 1.0× its img/s)."""
+        x = self.tensor(b)
+        seconds = (self.cfg.seconds if self.cfg.dry_run else max(self.cfg.seconds, 1.0)) / 3
+        ts, ts_label = self.ts_yardstick()
+        runners = {"pt2": engine, COMPILE: self.compile_fns.get(b), ts_label: ts}
+        # each runner was warmed in its own section (or at load): a short floor, still until steady
+        got = alternate({k: (lambda fn=fn: self.steady(fn, x, seconds=seconds, min_warm=0.25))
+                         for k, fn in runners.items() if fn is not None}, rounds=3)
+        rounds = "; ".join(f"{k} " + "/".join(f"{v:.3g}" for v in r["rounds_p50_ms"]) + " ms" for k, r in got.items())
+        me, last = got["pt2"], b != 1
+        if last:
+            self.s.add(sec, f"b{b} img/s (tensor I/O)", me["throughput_ips"], "img/s",
+                       note=f"p50 {me['p50_ms']:.3f} ms; median of 3 alternating rounds ({rounds})")
+        else:
+            self.s.add(sec, "b1 p50 (tensor I/O)", me["p50_ms"], "ms",
+                       note=f"{me['throughput_ips']:.0f} img/s; median of 3 alternating rounds ({rounds})")
+        for name, label, why in ((COMPILE, COMPILE, self.compile_why), (ts_label, "torchscript", "")):
+            row = f"b{b} img/s / {label} b{b} img/s" if last else f"b1 p50 / {label} b1 p50"
+            other = got.get(name)
+            if other is None:
+                self.s.skip(sec, [row], why or "no TorchScript engine")
+                continue
+            value = me["throughput_ips"] / other["throughput_ips"] if last else me["p50_ms"] / other["p50_ms"]
+            target = ((">=", 1.0) if last else ("<=", 1.0)) if judged and name == COMPILE else None
+            figure = f"{other['throughput_ips']:.0f} img/s" if last else f"{other['p50_ms']:.3f} ms"
+            self.s.add(sec, row, value, "×", target=target, note=f"{name}: {figure}, same rounds")
+        if last and judged:
+            ips = me["throughput_ips"]
+            self.s.add(sec, f"b{b} img/s, stretch goal", ips, "img/s", status="pass" if ips >= STRETCH_IPS else "info",
+                       goal=f">= {STRETCH_IPS:.0f} (stretch)", note="" if ips >= STRETCH_IPS else "stretch not reached")
 
     def tensorrt(self) -> None:
         sec = "tensorrt"
@@ -495,6 +733,73 @@ class GpuChecks:
                 engine.close()
 
 
+def pt2_rows(cfg: Config) -> list[str]:
+    """The rows a pt2 section that does not run is skipped as."""
+    last = cfg.batches[-1]
+    return ["build", "b1 p50 (tensor I/O)", f"b{last} img/s (tensor I/O)", f"b1 p50 / {COMPILE} b1 p50",
+            f"b{last} img/s / {COMPILE} b{last} img/s"]
+
+
+def build_note(r: dict[str, Any], device: str) -> str:
+    """What a pt2 build row says: the build API call, its parts (from the manifest), the process."""
+    parts = [f"rexnet_deploy.build(BuildSpec(backend='pt2', device='{device}', precision='{r.get('precision')}'), "
+             f"backend_options={{'max_autotune': {r.get('max_autotune')}}})"]
+    if r.get("export_s") is not None:
+        parts.append(f"export {r['export_s']} s, AOTInductor compile {r.get('compile_s')} s")
+    parts.append(f"child process {r['seconds']:.0f} s with torch import and model creation")
+    return "; ".join(parts)
+
+
+def parse_child(run: ChildRun) -> dict[str, Any]:
+    """A build child's result (its tagged JSON line), with ``ok``, ``timed_out``, ``seconds``
+    (the process's) and ``error`` (one line) whatever happened."""
+    result: dict[str, Any] = {}
+    for line in run.stdout.splitlines():
+        if line.startswith(CHILD_TAG):
+            with_json = line[len(CHILD_TAG):]
+            try:
+                result = json.loads(with_json)
+            except ValueError:
+                result = {"error": f"unreadable result line: {with_json[:200]}"}
+    error = result.get("error")
+    if not run.ok and not run.timed_out and not error:
+        tail = [line.strip() for line in run.stderr.splitlines() if line.strip()]
+        error = f"the build process exited with status {run.returncode}: {tail[-1] if tail else 'no output'}"
+    ok = run.ok and error is None and "build_s" in result
+    if run.ok and not ok and error is None:
+        error = "the build process printed no result"
+    return {**result, "ok": ok, "timed_out": run.timed_out, "seconds": run.seconds, "error": error}
+
+
+def build_child(job_text: str) -> int:
+    """A pt2 build in its own process (the suite's child: killed with its compile workers at its
+    timeout): ``rexnet_deploy.build`` as a user calls it; one tagged JSON line on stdout."""
+    job = json.loads(job_text)
+    try:
+        from rexnet_deploy.builder import build
+        from rexnet_deploy.spec import BuildSpec, ModelSpec, WeightsSpec
+
+        weights = WeightsSpec.parse(job["weights"]) if job.get("weights") else WeightsSpec("random", seed=0)
+        t = time.perf_counter()
+        engine = build(ModelSpec("rexnet_100", weights=weights),
+                       BuildSpec(backend="pt2", precision=job["precision"], device=job["device"],
+                                 batch=tuple(job["batch"])),
+                       job["out"], force=True, check=False, backend_options={"max_autotune": bool(job["max_autotune"])})
+        seconds = time.perf_counter() - t
+        try:
+            config = dict(engine.manifest.backend_config)
+        finally:
+            engine.close()
+    except Exception as exc:  # noqa: BLE001 - the parent records the one line
+        print(CHILD_TAG + json.dumps({"error": error_text(exc)}), flush=True)
+        return 1
+    result = {"build_s": seconds, "precision": job["precision"], "max_autotune": job["max_autotune"],
+              "export_s": config.get("export_seconds"), "compile_s": config.get("compile_seconds"),
+              "inductor_configs": config.get("inductor_configs")}
+    print(CHILD_TAG + json.dumps(result, default=str), flush=True)
+    return 0
+
+
 def run(cfg: Config, torch: Any, suite: Suite | None = None) -> Suite:
     """Every section in order of importance (the last ones are the first to fall off the budget)."""
     suite = suite or GpuSuite(cfg)
@@ -510,6 +815,10 @@ def run(cfg: Config, torch: Any, suite: Suite | None = None) -> Suite:
 
 
 def _run_sections(suite: Suite, torch: Any) -> None:
+    """The order is the priority: the yardsticks pt2 FP16 is timed against (TorchScript with CUDA
+    graphs, torch.compile), pt2 FP16 (issue 18's target), then the TorchScript figures earlier runs
+    already measured, pt2 BF16, TorchScript FP32, TensorRT."""
+    cfg = suite.cfg
     checks = GpuChecks(suite, torch)
     suite.run_section("setup", 0, checks.setup, ["setup"])
     if suite.sections["setup"]["status"] != "ran":
@@ -518,17 +827,30 @@ def _run_sections(suite: Suite, torch: Any) -> None:
     if checks.engine is None:
         suite.skip("suite", ["every engine section"], "the TorchScript build failed (see its error row)")
         return
+
+    def section(key: str, name: str, need_s: float, fn: Callable[[], None], rows: list[str]) -> None:
+        suite.run_section(name, need_s, fn, rows, skip=f"--skip {key}" if key in cfg.skip else None)
+
+    def pt2(precision: str) -> None:
+        name = f"pt2 {checks.pt2_names(precision)[1]}"
+        skip = ("--skip pt2" if "pt2" in cfg.skip else
+                None if precision in cfg.pt2 else f"not in --pt2 ({','.join(cfg.pt2) or 'none'})")
+        suite.run_section(name, PT2_NEED_S, lambda: checks.pt2(precision), pt2_rows(cfg), skip=skip)
+
     try:
-        suite.run_section(f"bench {checks.label}", 45, checks.bench_fast, ["bench"])
-        suite.run_section("hand-timed loop", 10, checks.hand_loop, ["engine b1 p50 / hand loop"])
-        suite.run_section("first calls", 20, checks.unwarmed, ["unwarmed first calls"])
-        suite.run_section("cuda graphs", 30, checks.cuda_graphs, ["torchscript cuda_graph b1 / eager CUDA graph b1"])
-        suite.run_section("GPU-resident I/O", 20, checks.device_io, ["engine / best eager FP16"])
-        suite.run_section("torchscript fp32", 60, checks.fp32, ["build", "bench"])
-        suite.run_section("torch.compile reduce-overhead", 60, checks.compiled, ["b1", "b256"])
-        suite.run_section("tensorrt", 30, checks.tensorrt, ["fp16", "int8"])
+        section("cuda-graphs", "cuda graphs", 30, checks.cuda_graphs,
+                ["torchscript cuda_graph b1 / eager CUDA graph b1"])
+        section("device-io", "GPU-resident I/O", 20, checks.device_io, ["engine / best eager FP16"])
+        section("compile", "torch.compile reduce-overhead", 60, checks.compiled, ["b1", f"b{cfg.batches[-1]}"])
+        pt2("fp16")
+        section("bench", f"bench {checks.label}", 45, checks.bench_fast, ["bench"])
+        section("hand-loop", "hand-timed loop", 10, checks.hand_loop, ["engine b1 p50 / hand loop"])
+        section("first-calls", "first calls", 20, checks.unwarmed, ["unwarmed first calls"])
+        pt2("bf16")
+        section("fp32", "torchscript fp32", 60, checks.fp32, ["build", "bench"])
+        section("tensorrt", "tensorrt", 30, checks.tensorrt, ["fp16", "int8"])
     finally:
-        checks.engine.close()
+        checks.close()
 
 
 def _watchdog(suite: Suite, limit: float) -> threading.Thread:
@@ -536,6 +858,7 @@ def _watchdog(suite: Suite, limit: float) -> threading.Thread:
     compile or kernel cannot be interrupted from Python)."""
     def watch() -> None:
         time.sleep(max(0.0, limit - (suite.clock() - suite.started)))
+        suite.kill_children()  # a pt2 build (and its compile workers) must not outlive the suite
         suite.add("suite", "hard time limit", limit, "s", status="error",
                   note="the suite ran past its budget + grace and was stopped; rows after this are missing")
         for _ in range(3):  # the main thread may be changing a dict the report is made of: try again
