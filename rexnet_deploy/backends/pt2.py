@@ -133,14 +133,16 @@ def exportable(module, dtype):
     return Exportable().eval()
 
 
-def export(module, batch: tuple[int, int], chw: tuple[int, int, int], device, dtype=None):
+def export(module, batch: tuple[int, int], chw: tuple[int, int, int], device, dtype=None, *,
+           example_batch: int | None = None):
     """``torch.export`` of ``module`` (wrapped by :func:`exportable` unless ``dtype`` is None) with a
-    dynamic batch dimension over ``batch`` (example batch 2 where the range allows, so no size-1
-    dimension is baked in)."""
+    dynamic batch dimension over ``batch``. The example batch is ``example_batch``, else 2 where the
+    range allows (no size-1 dimension baked in)."""
     import torch
 
     lo, hi = batch
-    example = torch.randn(min(max(2, lo), hi), *chw, generator=torch.Generator().manual_seed(0)).to(device)
+    n = example_batch or min(max(2, lo), hi)
+    example = torch.randn(n, *chw, generator=torch.Generator().manual_seed(0)).to(device)
     wrapped = module if dtype is None else exportable(module, dtype)
     dynamic = None if lo == hi else ({0: torch.export.Dim("batch", min=lo, max=hi)},)
     with torch.no_grad(), quiet_export():
@@ -211,7 +213,10 @@ def build(ref, spec: BuildSpec, writer, log: BuildLog, *, calib=None,
 
         module = copy.deepcopy(ref.module).to(device=device, dtype=dtype).eval()
         log(f"exporting with torch.export (dynamic batch {spec.batch[0]}..{spec.batch[1]})")
-        exported = export(module, spec.batch, chw, device, dtype)
+        # Inductor autotunes at the example's sizes (pytorch/pytorch#148842): a CUDA max-autotune
+        # build tunes for the largest batch, where throughput is measured
+        tune_at = spec.batch[1] if spec.device == "cuda" and options.get("max_autotune") and spec.batch[1] > 1 else None
+        exported = export(module, spec.batch, chw, device, dtype, example_batch=tune_at)
         eager = exported.module()
     config["export_seconds"] = round(time.perf_counter() - started, 1)
     configs = inductor_configs(spec, options)
