@@ -83,6 +83,127 @@ def test_int8_graph_is_qdq_uint8_activations_per_channel_weights(ort_int8_path):
         assert m.reports["check"]["metrics"]["cosine_mean"] > 0.9
 
 
+def _sqnr_db(got: np.ndarray, want: np.ndarray) -> float:
+    return float(10 * np.log10((want ** 2).sum() / max(float(((got - want) ** 2).sum()), 1e-30)))
+
+
+def test_int8_engine_matches_its_unfused_qdq_graph(ort_int8_path):
+    """The engine (QDQ fused into QLinearConv/QGemm, integer kernels) computes what its own graph says,
+    i.e. what ONNX Runtime computes with graph optimizations off (every Q/DQ a float op). On AMX-INT8
+    Xeons ONNX Runtime's u8xs8 GEMM gets 13 of ReXNet's layer widths wrong (microsoft/onnxruntime#26324):
+    there this measured 1.8 dB and cosine 0.94 before the build padded them, 26.8 dB / 0.9986 after."""
+    import onnxruntime as ort
+
+    from rexnet_deploy.ort_session import cpu_session
+
+    x = _batch(8, 3)
+    want = cpu_session(ort_int8_path / "model.onnx", optimization=ort.GraphOptimizationLevel.ORT_DISABLE_ALL).run(
+        None, {"input": x})[0]
+    with Engine.load(ort_int8_path) as engine:
+        got = engine(x)
+        amx = engine.manifest.backend_config["amx_workaround"]
+    cosine = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    assert cosine.min() >= 0.99 and _sqnr_db(got, want) >= 20, (cosine.min(), _sqnr_db(got, want))
+    assert "onnxruntime#26324" in amx["upstream"] and len(amx["padded"]) == 13, amx
+    assert "/features/features.1/conv_pwl/conv/Conv: 27->32" in amx["padded"]
+
+
+def _qdq_layer(op: str, width: int, rows: int, seed: int = 0):
+    """(model, input, output scale): one layer as quantize_static writes it (uint8 activations, int8
+    per-channel weights, int32 bias) with ``width`` outputs, and an input giving its GEMM ``rows`` rows:
+    a 1x1 Conv of 30 input channels (not a multiple of 4, so ONNX Runtime cannot take its symmetric
+    conv path instead) over 1 x rows pixels, or a Gemm (transB) of 64 inputs over a batch of rows."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    k = 30 if op == "Conv" else 64
+    w = rng.integers(-63, 64, (width, k, 1, 1) if op == "Conv" else (width, k)).astype(np.int8)
+    w_scale = ((rng.random(width) + 0.5) * 0.01).astype(np.float32)
+    x_scale, y_scale = np.float32(0.02), np.float32(0.05 * np.sqrt(k) / 4)
+    bias = rng.integers(-500, 500, width).astype(np.int32)
+    init = [numpy_helper.from_array(a, n) for a, n in [
+        (w, "w"), (w_scale, "w_scale"), (np.zeros(width, np.int8), "w_zp"), (bias, "b"), (w_scale * x_scale, "b_scale"),
+        (np.zeros(width, np.int32), "b_zp"), (x_scale, "x_scale"), (np.uint8(128), "x_zp"), (y_scale, "y_scale"),
+        (np.uint8(128), "y_zp")]]
+    layer = (helper.make_node("Conv", ["xd", "wd", "bd"], ["y"], kernel_shape=[1, 1]) if op == "Conv"
+             else helper.make_node("Gemm", ["xd", "wd", "bd"], ["y"], transB=1))
+    nodes = [helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zp"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "x_scale", "x_zp"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["w", "w_scale", "w_zp"], ["wd"], axis=0),
+             helper.make_node("DequantizeLinear", ["b", "b_scale", "b_zp"], ["bd"], axis=0), layer,
+             helper.make_node("QuantizeLinear", ["y", "y_scale", "y_zp"], ["yq"]),
+             helper.make_node("DequantizeLinear", ["yq", "y_scale", "y_zp"], ["out"])]
+    shapes = ([None, k, 1, None], [None, width, 1, None]) if op == "Conv" else ([None, k], [None, width])
+    graph = helper.make_graph(nodes, op, [helper.make_tensor_value_info("x", TensorProto.FLOAT, shapes[0])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, shapes[1])], initializer=init)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = (rng.random((1, k, 1, rows) if op == "Conv" else (rows, k)) * 5 - 2.5).astype(np.float32)
+    return model, x, float(y_scale)
+
+
+@pytest.mark.parametrize("op", ["Conv", "Gemm"])
+def test_amx_width_padding_keeps_the_values_and_the_kernels_right(op, monkeypatch):
+    """pad_amx_widths widens a layer of 27 outputs to 32 and slices it back: the graph's values are
+    bit-identical unfused, and fused they stay within a quantization level of them on every CPU.
+    Unpadded, ONNX Runtime 1.24 on an AMX-INT8 Xeon was off by up to 255 levels here (a width with
+    N % 32 in 17..31 and 32+ GEMM rows, microsoft/onnxruntime#26324)."""
+    import onnx
+    import onnxruntime as ort
+
+    from rexnet_deploy import ort_session
+    from rexnet_deploy.ort_session import amx_bad_width, cpu_session, pad_amx_widths
+
+    assert [n for n in range(1, 97) if amx_bad_width(n)] == [*range(17, 32), *range(49, 64), *range(81, 96)]
+    assert ort_session.amx_int8_host(["avx512_vnni", "amx_tile", "amx_int8"])
+    assert not ort_session.amx_int8_host(["avx512_vnni", "amx_tile", "amx_bf16"])
+    model, x, step = _qdq_layer(op, 27, 64)
+    padded = onnx.ModelProto()
+    padded.CopyFrom(model)
+    assert pad_amx_widths(padded) == [{"node": "", "width": 27, "padded_to": 32}]
+    onnx.checker.check_model(padded, full_check=True)
+    assert pad_amx_widths(padded) == []  # nothing left to widen
+    off, on = ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    monkeypatch.setattr(ort_session, "amx_int8_host", lambda flags=None: False)
+    want = cpu_session(model, optimization=off).run(None, {"x": x})[0]
+    assert np.array_equal(cpu_session(padded, optimization=off).run(None, {"x": x})[0], want)
+    assert np.abs(cpu_session(padded, optimization=on).run(None, {"x": x})[0] - want).max() <= 1.01 * step
+    # an in-memory graph on an AMX host: cpu_session runs a padded copy and leaves the caller's alone
+    monkeypatch.setattr(ort_session, "amx_int8_host", lambda flags=None: True)
+    assert np.abs(cpu_session(model, optimization=on).run(None, {"x": x})[0] - want).max() <= 1.01 * step
+    assert [n.op_type for n in model.graph.node].count("Slice") == 0
+    safe, _, _ = _qdq_layer(op, 48, 64)
+    assert pad_amx_widths(safe) == []
+
+
+def test_int8_artifact_without_the_amx_workaround_is_refused_on_amx_hosts(ort_int8_path, image_dir, tmp_path,
+                                                                             monkeypatch):
+    """An INT8 graph built before the padding gives wrong answers on AMX-INT8 CPUs: refused there in
+    one line naming the upstream issue and the way out; served elsewhere."""
+    import json
+    import shutil
+
+    from rexnet_deploy import ort_session
+    from rexnet_deploy.errors import BackendUnavailable
+
+    old = tmp_path / "old"
+    shutil.copytree(ort_int8_path, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["backend_config"]["amx_workaround"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setattr(ort_session, "amx_int8_host", lambda flags=None: True)
+    with pytest.raises(BackendUnavailable) as err:
+        Engine.load(old)
+    line = str(err.value)
+    assert "\n" not in line and "microsoft/onnxruntime#26324" in line
+    assert "rebuild" in line and "openvino or pt2" in line
+    expect_error(cli_in_process("predict", str(old), str(next(image_dir.glob("*.jpg")))), "microsoft/onnxruntime#26324")
+    with Engine.load(ort_int8_path) as engine:  # built with the padding: served on the same host
+        engine(_batch(1))
+    monkeypatch.setattr(ort_session, "amx_int8_host", lambda flags=None: False)
+    with Engine.load(old) as engine:  # elsewhere the old graph is right
+        engine(_batch(1))
+
+
 def _unread(path) -> dict:
     """What :func:`prune` would remove from the graph at ``path`` (nothing, for a clean graph)."""
     import onnx

@@ -14,6 +14,14 @@ here to run that graph anywhere, not for speed.
 saturates with 8-bit weights. The OpenVINO backend measured the same effect on ReXNet (see
 ``openvino_int8.py``).
 
+Every INT8 graph is written with :func:`~rexnet_deploy.ort_session.pad_amx_widths` applied, on every
+build host: ONNX Runtime's u8×s8 GEMM on AMX-INT8 CPUs (Xeon 4th gen+) computes output widths with
+``N % 32`` in 17..31 wrong (microsoft/onnxruntime#26324; ReXNet-1.0 has 13 such 1×1 convolutions:
+27, 50, 61, 84, 95, 117, 151, 185, 504, 570, 636, 702, 1044 channels), which took the stand-in's
+INT8 engine to 3.3 dB SQNR on an AMX Xeon. The padded graph computes the same values on every CPU, so
+an artifact built on one CPU class is right on another. An INT8 artifact built before this
+(``backend_config`` without ``amx_workaround``) is refused on an AMX-INT8 host, in one line.
+
 The runtime imports only onnxruntime and numpy. ``InferenceSession.run`` is thread-safe.
 """
 
@@ -79,6 +87,8 @@ def build(ref, spec: BuildSpec, writer, log: BuildLog, *, calib=None,
 
         log("converting the graph to FP16 (ModelOpt autocast, FP32 input/output)")
         config["precision_pass"] = modelopt_passes.to_fp16(fp32, target)
+    if spec.precision == "int8":
+        config["amx_workaround"] = _pad_for_amx(target, log)
     if fp32 != target:
         fp32.unlink()
     return {
@@ -140,6 +150,28 @@ def _quantize(src, dst, calib) -> dict[str, Any]:
     }
 
 
+def _pad_for_amx(path, log: BuildLog) -> dict[str, Any]:
+    """Apply :func:`~rexnet_deploy.ort_session.pad_amx_widths` to the INT8 graph at ``path``; the
+    manifest's record of it (what the engine checks for on AMX hosts)."""
+    import onnx
+
+    from ..ort_session import AMX_ISSUE, pad_amx_widths
+
+    model = onnx.load(str(path))
+    changed = pad_amx_widths(model)
+    if changed:
+        onnx.save(model, str(path))
+        log(f"widened {len(changed)} int8 layer(s) to a multiple of 32 output channels (the extra ones sliced off): "
+            f"ONNX Runtime's AMX int8 GEMM computes their widths wrong ({AMX_ISSUE})")
+    return {
+        "upstream": f"{AMX_ISSUE} (fix: microsoft/onnxruntime#27671)",
+        "why": "ONNX Runtime's u8xs8 GEMM on AMX-INT8 CPUs computes output widths with N % 32 in 17..31 wrong "
+               "(GEMMs of 32+ rows); those layers get zero filters up to the next multiple of 32 and a Slice "
+               "after their QuantizeLinear, so the graph's values are unchanged and no CPU runs that case",
+        "padded": [f"{c['node']}: {c['width']}->{c['padded_to']}" for c in changed],
+    }
+
+
 class OnnxRuntimeEngine(Engine):
     """Options: ``threads`` (intra-op threads; default all cores); ``cache_dir`` (``Engine.load``):
     the graph as optimized for this CPU is saved there once and later sessions load it with graph
@@ -151,6 +183,7 @@ class OnnxRuntimeEngine(Engine):
             raise UsageError(f"onnxruntime engines run on cpu here, not {self.device}")
         import onnxruntime as ort
 
+        self._refuse_unpadded_int8()
         self._threads = threads
         source = self.artifact.file(self.manifest.payload)
         cache = self._cache_folder("onnxruntime", ort.__version__)
@@ -174,6 +207,19 @@ class OnnxRuntimeEngine(Engine):
             os.replace(tmp, cached)
         finally:
             tmp.unlink(missing_ok=True)
+
+    def _refuse_unpadded_int8(self) -> None:
+        """An INT8 graph written before :func:`_pad_for_amx` existed gives wrong answers on an
+        AMX-INT8 CPU (microsoft/onnxruntime#26324): say so in one line instead of serving them."""
+        from ..ort_session import AMX_ISSUE, amx_int8_host
+
+        if self.manifest.precision != "int8" or "amx_workaround" in self.manifest.backend_config:
+            return
+        if amx_int8_host():
+            raise BackendUnavailable(
+                f"this INT8 ONNX Runtime graph gives wrong answers on this AMX-INT8 CPU ({AMX_ISSUE}: ONNX Runtime's "
+                "AMX int8 GEMM miscomputes some layer widths) and predates the workaround; rebuild it with this "
+                "version of rexnet-deploy, or serve this model with the openvino or pt2 backend")
 
     def _open(self, path, level, save_to=None):
         from ..ort_session import cpu_session
