@@ -161,8 +161,8 @@ def bench(
                 rows[name].append({**summarize(batch, times[name]), **warmed[name]})
     finally:
         for fn in refs.values():
-            if hasattr(fn, "close"):
-                fn.close()  # a device reference's GPU memory
+            if fn is not reference and hasattr(fn, "close"):
+                fn.close()  # a device reference's GPU memory (a caller's own runner stays open)
     results = rows["engine"]
 
     def ratios(key: str) -> tuple[dict[str, float] | None, dict[str, float] | None]:
