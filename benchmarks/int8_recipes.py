@@ -28,6 +28,7 @@ RECIPES = [
     ("onnxruntime/qad", "onnxruntime", {"qad_steps": 100}, "the distilled int8 Q/DQ graph of tensorrt/qad"),
     ("pt2/ptq", "pt2", {"recipe": "ptq"}, "PT2E X86InductorQuantizer defaults (u8 activations), SE gates float"),
     ("pt2/qad", "pt2", {}, "PT2E QAT graph (same quantizer) + 100 distillation steps (the default)"),
+    ("pt2/qad-float-depthwise", "pt2", {"float_depthwise": True}, "pt2/qad with the depthwise convolutions in FP32"),
 ]
 
 

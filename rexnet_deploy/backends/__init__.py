@@ -121,6 +121,9 @@ _PT2_OPTIONS = (
            precisions=("int8",), choices=("qad", "ptq"), default_text="qad"),
     Option("qad_steps", "int", "distillation steps of --recipe qad (implies it).", precisions=("int8",),
            default_text="100"),
+    Option("float_depthwise", "bool", "leave the depthwise convolutions in FP32: better agreement on unseen "
+           "photos, but they are where INT8 gains speed on CPU (docs/backends.md#pt2).", default=False,
+           precisions=("int8",), flag="--float-depthwise/--int8-depthwise"),
 )
 
 BACKENDS: dict[str, BackendInfo] = {
