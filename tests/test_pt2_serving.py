@@ -5,7 +5,6 @@ each checked against ``Engine`` on the same artifact. One CPU FP32 package is bu
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 import threading
@@ -18,16 +17,17 @@ import pytest
 from rexnet_deploy import Engine
 from rexnet_deploy.artifact import file_sha256, load_artifact
 
-from .conftest import build_artifact, cli_in_process, expect_error
+from .conftest import cli_in_process, expect_error
+from .test_serving import jpeg, npy
 
 pytest.importorskip("torch")
 ATOL = 1e-4  # a row's logits may differ in the last bits between batch sizes (other kernels)
 
 
 @pytest.fixture(scope="session")
-def pt2_path(tmp_path_factory) -> Path:
-    """A pt2 FP32 CPU package of rexnet_100 (random weights, seed 0), batch 1..8."""
-    return build_artifact(tmp_path_factory, "pt2-fp32", "pt2", "fp32", check_options={"synthetic": 8})
+def pt2_path(pt2_fp32_path) -> Path:
+    """The session's pt2 FP32 CPU package (conftest: random weights, seed 0, batch 1..8)."""
+    return pt2_fp32_path
 
 
 @pytest.fixture(scope="module")
@@ -38,18 +38,6 @@ def engine(pt2_path):
 
 def tensors(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, 3, 224, 224), dtype=np.float32)
-
-
-def jpeg(img) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=90)
-    return buf.getvalue()
-
-
-def npy(x: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, x)
-    return buf.getvalue()
 
 
 def test_batcher_batches_pt2_requests_and_answers_each_its_own(engine):

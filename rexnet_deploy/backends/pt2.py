@@ -24,10 +24,8 @@ AVX2 CPU runs.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
-import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -35,6 +33,7 @@ import numpy as np
 from .. import cpu
 from ..errors import BackendUnavailable, BuildError, UsageError
 from ..outputs import output_list
+from ..torch_export import export, quiet_export
 from .torch_engine import TorchEngine, torch_version
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -113,40 +112,6 @@ def _no_cuda() -> bool:
     import torch
 
     return not torch.cuda.is_available()
-
-
-def exportable(module, dtype):
-    """What is exported: float32 NCHW in; the cast to the engine's dtype, the channels-last layout
-    (ReXNet's depthwise convolutions run much faster in NHWC), the model, float32 outputs."""
-    import torch
-
-    class Exportable(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = module
-
-        def forward(self, x):
-            out = self.model(x.to(dtype).contiguous(memory_format=torch.channels_last))
-            floats = tuple(o.float() for o in output_list(out))
-            return floats if isinstance(out, (list, tuple)) else floats[0]
-
-    return Exportable().eval()
-
-
-def export(module, batch: tuple[int, int], chw: tuple[int, int, int], device, dtype=None, *,
-           example_batch: int | None = None):
-    """``torch.export`` of ``module`` (wrapped by :func:`exportable` unless ``dtype`` is None) with a
-    dynamic batch dimension over ``batch``. The example batch is ``example_batch``, else 2 where the
-    range allows (no size-1 dimension baked in)."""
-    import torch
-
-    lo, hi = batch
-    n = example_batch or min(max(2, lo), hi)
-    example = torch.randn(n, *chw, generator=torch.Generator().manual_seed(0)).to(device)
-    wrapped = module if dtype is None else exportable(module, dtype)
-    dynamic = None if lo == hi else ({0: torch.export.Dim("batch", min=lo, max=hi)},)
-    with torch.no_grad(), quiet_export():
-        return torch.export.export(wrapped, (example,), dynamic_shapes=dynamic)
 
 
 def inductor_configs(spec: "BuildSpec", options: dict[str, Any]) -> dict[str, Any]:
@@ -285,25 +250,6 @@ def _gxx_version() -> str | None:
         return subprocess.run([exe, "-dumpfullversion"], capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-@contextlib.contextmanager
-def quiet_export():
-    """torch.export and Inductor warn about their own internals (not the user's model)."""
-    import logging
-
-    loggers = [logging.getLogger(n) for n in ("torch._export", "torch.export", "torch._inductor", "torch.fx",
-                                               "torch.utils.cpp_extension", "torch._dynamo")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
 
 
 def _load_package(path: str, device: str, *, single_threaded: bool = False):

@@ -51,7 +51,7 @@ def quantize(ref, spec: "BuildSpec", calib, options: dict[str, Any], log: "Build
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
 
-    from ..backends.pt2 import export, exportable, quiet_export
+    from ..torch_export import export, exportable, quiet_export
 
     recipe, steps = options["recipe"], options.get("qad_steps") or 0
     qat = recipe == "qad"
