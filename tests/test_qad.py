@@ -51,6 +51,7 @@ class _Tiny(torch.nn.Module):
 
 
 @pytest.mark.slow
+@pytest.mark.long  # 20 s of NNCF distillation steps; the default tier keeps the Q/DQ graph tests of the recipe
 def test_distillation_pulls_the_quantized_model_toward_the_teacher():
     """NNCF 4-bit quantizers make a large, learnable error; distillation must shrink it on inputs it
     did not train on (the loop, the trainable parameters and the straight-through gradients)."""

@@ -207,6 +207,7 @@ def test_end_to_end_bad_input(ts_engine_path, tmp_path):
     expect_error(run_cli("bench", str(ts_engine_path), "--batch", "64", "--no-save", "-q"), "outside this engine's range")
 
 
+@pytest.mark.long  # builds every backend this host runs (11 s); tests/test_matrix.py keeps matrix in the default tier
 def test_matrix_builds_what_runs_here_and_says_why_the_rest_is_skipped(tmp_path):
     pytest.importorskip("onnxruntime")
     out = tmp_path / "m"
