@@ -34,7 +34,7 @@ from .. import cpu
 from ..errors import BackendUnavailable, BuildError, UsageError
 from ..outputs import output_list
 from ..torch_export import export, quiet_export
-from .torch_engine import TorchEngine, torch_version
+from .torch_engine import TorchEngine, torch_dtype, torch_version
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..log import BuildLog
@@ -165,7 +165,7 @@ def build(ref, spec: BuildSpec, writer, log: BuildLog, *, calib=None,
 
     options = options or {}
     device = torch.device(spec.device)
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(spec.precision, torch.float32)
+    dtype = torch_dtype(spec.precision)
     chw = tuple(ref.data_config.input_size)
     config: dict[str, Any] = {"device": spec.device, "dtype": str(dtype).replace("torch.", ""),
                               "memory_format": "channels_last (inside the graph)", "io": "float32 NCHW"}
@@ -224,7 +224,7 @@ def _prove(package, eager, ref, spec: "BuildSpec", device, dtype) -> None:
 
 
 def _runtime_record(spec: "BuildSpec", options: dict[str, Any]) -> dict[str, Any]:
-    """What a host needs to load the package (checked by :meth:`PT2Engine._check_host`)."""
+    """What a host needs to load the package (checked at load by :func:`host_mismatch`)."""
     import torch
 
     major, minor = torch_version()

@@ -28,6 +28,13 @@ def torch_version() -> tuple[int, int]:
     return int(major), int(minor)
 
 
+def torch_dtype(precision: str):
+    """The ``torch.dtype`` an engine of this precision computes in (float32 for fp32 and int8's I/O)."""
+    import torch
+
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
+
+
 def default_warm_batches(lo: int, hi: int) -> tuple[int, ...]:
     """The batch sizes warmed at load unless ``warm_batches`` says otherwise: ``lo``, every power
     of two between, and ``hi``. A call of another size runs padded up to the next warmed one, so a
@@ -113,7 +120,7 @@ class TorchEngine(Engine):
         if self.device == "cpu" and self.manifest.backend_config.get("device") == "cuda":
             raise UsageError(f"this {self.kind} artifact was built for CUDA; rebuild it with --device cpu")
         self._torch = torch
-        self._dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision, torch.float32)
+        self._dtype = torch_dtype(self.precision)
         self._device = torch.device(self.device)
         if self._device.type == "cuda" and self._device.index is None:  # tensors report their index
             self._device = torch.device("cuda", torch.cuda.current_device())

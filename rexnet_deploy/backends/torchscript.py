@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import BackendUnavailable, BuildError, UsageError
 from ..outputs import output_list
-from .torch_engine import TorchEngine, torch_version
+from .torch_engine import TorchEngine, torch_dtype, torch_version
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..log import BuildLog
@@ -80,7 +80,7 @@ def build(ref, spec: BuildSpec, writer, log: BuildLog, *, calib=None,
     """Trace the reference module into ``model.ts`` and prove it equals the reference at two batch sizes."""
     import torch
 
-    dtype = torch.float16 if spec.precision == "fp16" else torch.float32
+    dtype = torch_dtype(spec.precision)
     device = torch.device(spec.device)
 
     module = ref.module.to(device=device, dtype=dtype, memory_format=torch.channels_last).eval()
