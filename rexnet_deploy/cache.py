@@ -5,6 +5,14 @@ session start; both can keep the result on disk (OpenVINO's ``CACHE_DIR``, ONNX 
 ``optimized_model_filepath``). Those results are specific to the payload, the runtime version
 and the CPU, so each lives in its own sub-folder of the cache root named by all three: a cache
 written by another artifact, runtime release or CPU class is never read, just never looked at.
+
+Every cached file is verified before a runtime reads it (:class:`VerifiedFolder`): its sha256 is
+recorded in a sidecar ``<file>.sha256`` once the file is complete, and a file that does not match
+its record, or has none (a foreign file under a name the runtime looks up, a replica's half-written
+one), is removed before the runtime is pointed at the folder and rebuilt from the payload, whose
+checksums ``Engine.load`` verifies. So a damaged cache costs a compile, never an answer. The
+records live beside the files: they catch damage and foreign files, not someone who can write the
+folder on purpose (they can rewrite a record too); keep it writable by the service only.
 Torch-free.
 """
 
@@ -12,12 +20,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import threading
 from pathlib import Path
 
-from .artifact import Artifact
+from .artifact import Artifact, file_sha256
 from .cpu import cpuinfo_flags, isa_class
 from .errors import UsageError
+
+RECORD_SUFFIX = ".sha256"  # <file>.sha256 beside each cached file: its sha256, written once the file is complete
+log = logging.getLogger("rexnet_deploy.cache")
 
 
 def cpu_key() -> str:
@@ -43,3 +56,120 @@ def cache_folder(root: str | os.PathLike, artifact: Artifact, runtime: str, vers
     except OSError as exc:
         raise UsageError(f"cannot create the cache folder {folder}: {exc.strerror or exc}") from None
     return folder
+
+
+class VerifiedFolder:
+    """A cache folder whose files are checked against their recorded sha256 before a runtime reads
+    them. :meth:`check` before the runtime may read the folder (OpenVINO: before ``CACHE_DIR`` is set
+    and before each compile; ONNX Runtime: before opening the cached graph); :meth:`record` after the
+    runtime wrote a file. Replicas sharing the folder need no lock: each record is its own file,
+    written under a temporary name and renamed; a record of a file another replica was still writing
+    fails its check later, which costs a rebuild, never an answer. Files already hashed by this
+    process are not hashed again while their inode, size and times are unchanged."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self._known: dict[str, tuple[int, ...]] = {}  # name -> stat of the file this process verified
+        self._lock = threading.Lock()
+
+    def files(self) -> list[Path]:
+        """The files a runtime could read: not the records, not hidden temporaries (``.name...tmp``)."""
+        try:
+            entries = list(self.folder.iterdir())
+        except FileNotFoundError:
+            return []
+        return sorted(p for p in entries if not p.name.startswith(".") and not p.name.endswith(RECORD_SUFFIX)
+                      and p.is_file())
+
+    def check(self) -> list[str]:
+        """Remove each file that fails its record or has none (and records whose file is gone), with
+        one warning line naming them; returns the names removed."""
+        removed: list[str] = []
+        with self._lock:
+            for path in self.files():
+                stamp = _stamp(path)
+                if stamp is None or self._known.get(path.name) == stamp:
+                    continue
+                recorded = _read_record(path)
+                try:
+                    good = recorded is not None and file_sha256(path) == recorded
+                except FileNotFoundError:  # removed meanwhile by another replica
+                    continue
+                if good:
+                    self._known[path.name] = stamp
+                    continue
+                removed.append(f"{path.name} {'failed its checksum' if recorded else 'is not recorded'}")
+                self._known.pop(path.name, None)
+                path.unlink(missing_ok=True)
+                _record_path(path).unlink(missing_ok=True)
+            for record in self.folder.glob("*" + RECORD_SUFFIX):
+                if not record.with_name(record.name[:-len(RECORD_SUFFIX)]).exists():
+                    record.unlink(missing_ok=True)
+        if removed:
+            log.warning("cache file %s (in %s): removed, rebuilt from the verified payload",
+                        "; ".join(removed), self.folder)
+        return removed
+
+    def publish(self, tmp: Path, name: str) -> None:
+        """Move a complete file written under the temporary ``tmp`` into place as ``name``, its record
+        written first: a replica never sees the file without its record (so never removes it as foreign)."""
+        with self._lock:
+            digest = file_sha256(tmp)
+            if self._write_record(self.folder / name, digest):
+                os.replace(tmp, self.folder / name)
+                stamp = _stamp(self.folder / name)
+                if stamp is not None:
+                    self._known[name] = stamp
+
+    def record(self, names: list[str] | None = None) -> None:
+        """Record the sha256 of ``names`` (default: every file without a record: what the runtime
+        wrote since the last :meth:`check`)."""
+        with self._lock:
+            paths = self.files() if names is None else [self.folder / n for n in names]
+            for path in paths:
+                if names is None and _record_path(path).exists():
+                    continue
+                stamp = _stamp(path)
+                if stamp is None:
+                    continue
+                try:
+                    digest = file_sha256(path)
+                except FileNotFoundError:
+                    continue
+                if self._write_record(path, digest):
+                    self._known[path.name] = stamp
+
+    @staticmethod
+    def _write_record(path: Path, digest: str) -> bool:
+        record = _record_path(path)
+        tmp = record.with_name(f".{record.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            tmp.write_text(digest + "\n")
+            os.replace(tmp, record)  # atomic: a reader sees the old record or the whole new one
+            return True
+        except OSError as exc:  # the cache is only a speed-up: serve on, unrecorded (removed at the next check)
+            log.warning("cannot record the checksum of cache file %s: %s", path, exc.strerror or exc)
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def _record_path(path: Path) -> Path:
+    return path.with_name(path.name + RECORD_SUFFIX)
+
+
+def _read_record(path: Path) -> str | None:
+    try:
+        text = _record_path(path).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text or None
+
+
+def _stamp(path: Path) -> tuple[int, ...] | None:
+    """What changes when the file's content can have: inode, size, mtime and ctime (ctime cannot be set back)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)

@@ -82,6 +82,100 @@ def test_openvino_cache_holds_a_blob_per_compiled_batch(ov_fp32_path, tmp_path):
     assert len(list(folder.glob("*.blob"))) == 2  # imported, not compiled again
 
 
+def _damage(path: Path, size: int = 4096) -> None:
+    """Overwrite ``size`` bytes in the middle of ``path`` (what issue 19 did to every cached file)."""
+    data = bytearray(path.read_bytes())
+    mid = max(0, len(data) // 2 - size // 2)
+    data[mid:mid + size] = bytes((b ^ 0x5A) for b in data[mid:mid + size])
+    path.write_bytes(bytes(data))
+
+
+def _cached_files(folder: Path) -> list[Path]:
+    """What a runtime could read from the cache folder (not the checksum records, not temporaries)."""
+    from rexnet_deploy.cache import RECORD_SUFFIX
+
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and not p.name.endswith(RECORD_SUFFIX))
+
+
+def _checked_again(folder: Path) -> None:
+    """Every cached file now matches its record: a third load warns about nothing."""
+    from rexnet_deploy.artifact import file_sha256
+    from rexnet_deploy.cache import RECORD_SUFFIX
+
+    for path in _cached_files(folder):
+        assert (folder / (path.name + RECORD_SUFFIX)).read_text().strip() == file_sha256(path)
+
+
+def test_openvino_damaged_cache_never_changes_an_answer(ov_fp32_path, tmp_path, caplog):
+    """Issue 19 (2): 4 KB overwritten in each cached blob changed every score (0.0744 for 0.0750)."""
+    from rexnet_deploy import Engine
+
+    x = _batch(1)
+    with Engine.load(ov_fp32_path) as plain:
+        want = plain(x)
+    with Engine.load(ov_fp32_path, cache_dir=tmp_path) as e:
+        folder = e.cache_folder
+        e(x)
+    blobs = _cached_files(folder)
+    assert blobs
+    for blob in blobs:
+        _damage(blob)
+    with caplog.at_level("WARNING", logger="rexnet_deploy.cache"):
+        with Engine.load(ov_fp32_path, cache_dir=tmp_path) as e:
+            np.testing.assert_allclose(e(x), want, rtol=1e-5, atol=1e-5)
+    lines = [r.getMessage() for r in caplog.records if "failed its checksum" in r.getMessage()]
+    assert len(lines) == 1 and blobs[0].name in lines[0], caplog.text
+    assert [p.name for p in _cached_files(folder)] == [p.name for p in blobs]  # written again
+    _checked_again(folder)
+
+
+def test_openvino_unrecorded_blob_is_not_used(ov_fp32_path, tmp_path, caplog):
+    """A blob under the very name OpenVINO looks up, but not recorded by us (dropped in by hand,
+    or half-written by another replica), is removed before OpenVINO can import it."""
+    from rexnet_deploy import Engine
+    from rexnet_deploy.cache import RECORD_SUFFIX
+
+    x = _batch(1)
+    with Engine.load(ov_fp32_path) as plain:
+        want = plain(x)
+    with Engine.load(ov_fp32_path, cache_dir=tmp_path) as e:
+        folder = e.cache_folder
+        e(x)
+    for record in folder.glob("*" + RECORD_SUFFIX):
+        record.unlink()
+    for blob in _cached_files(folder):
+        _damage(blob)
+    with caplog.at_level("WARNING", logger="rexnet_deploy.cache"):
+        with Engine.load(ov_fp32_path, cache_dir=tmp_path) as e:
+            np.testing.assert_allclose(e(x), want, rtol=1e-5, atol=1e-5)
+    assert "is not recorded" in caplog.text
+    _checked_again(folder)
+
+
+def test_onnxruntime_damaged_cache_never_changes_an_answer(ort_path, tmp_path, caplog):
+    """Issue 19 (2): the same damage to optimized.onnx loaded, and every answer was NaN."""
+    from rexnet_deploy import Engine
+
+    x = _batch(1)
+    with Engine.load(ort_path) as plain:
+        want = plain(x)
+    with Engine.load(ort_path, cache_dir=tmp_path) as e:
+        folder = e.cache_folder
+    cached = _cached_files(folder)
+    assert [p.name for p in cached] == ["optimized.onnx"]
+    _damage(cached[0])
+    with caplog.at_level("WARNING", logger="rexnet_deploy.cache"):
+        with Engine.load(ort_path, cache_dir=tmp_path) as e:
+            np.testing.assert_allclose(e(x), want, rtol=1e-5, atol=1e-5)
+            assert not e.cache_hit
+    lines = [r.getMessage() for r in caplog.records if "failed its checksum" in r.getMessage()]
+    assert len(lines) == 1 and "optimized.onnx" in lines[0], caplog.text
+    _checked_again(folder)
+    with Engine.load(ort_path, cache_dir=tmp_path) as e:
+        assert e.cache_hit  # the rebuilt file is trusted again
+
+
 def test_unwritable_cache_dir_is_one_clear_error(ov_fp32_path, tmp_path):
     from rexnet_deploy import Engine
     from rexnet_deploy.errors import UsageError

@@ -176,7 +176,9 @@ class OnnxRuntimeEngine(Engine):
     """Options: ``threads`` (intra-op threads; default all cores); ``cache_dir`` (``Engine.load``):
     the graph as optimized for this CPU is saved there once and later sessions load it with graph
     optimizations off (ONNX Runtime's offline mode: the saved graph may hold this CPU's layout
-    kernels, so the folder is keyed by runtime version and CPU, see :mod:`rexnet_deploy.cache`)."""
+    kernels, so the folder is keyed by runtime version and CPU, see :mod:`rexnet_deploy.cache`). The
+    saved graph's sha256 is recorded beside it and checked before it is opened: a damaged one is
+    rebuilt from the payload."""
 
     def _setup(self, *, threads: int | None = None) -> None:
         if self.device != "cpu":
@@ -190,21 +192,26 @@ class OnnxRuntimeEngine(Engine):
         self.cache_folder = cache
         cached = None if cache is None else cache / OPTIMIZED
         self.cache_hit = False
-        if cached is not None and cached.is_file():
+        if cache is None:
+            self._session = self._open(source, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+            return
+        from ..cache import VerifiedFolder
+
+        verified = VerifiedFolder(cache)
+        verified.check()  # a damaged or unrecorded optimized.onnx is removed (one warning) and rebuilt below
+        if cached.is_file():
             try:
                 self._session = self._open(cached, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
                 self.cache_hit = True
                 return
-            except Exception:  # a damaged cache file: rebuild it from the payload
+            except Exception:  # recorded but unreadable (another runtime build, say): rebuild it from the payload
                 cached.unlink(missing_ok=True)
-        if cached is None:
-            self._session = self._open(source, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
-            return
-        # written under a unique name then renamed: replicas sharing the folder never read half a file
+        # written under a unique name, its checksum recorded, then renamed: replicas sharing the folder
+        # never read half a file, and the record is what the next load verifies it against
         tmp = cached.with_name(f".{OPTIMIZED}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
             self._session = self._open(source, ort.GraphOptimizationLevel.ORT_ENABLE_ALL, save_to=tmp)
-            os.replace(tmp, cached)
+            verified.publish(tmp, OPTIMIZED)
         finally:
             tmp.unlink(missing_ok=True)
 

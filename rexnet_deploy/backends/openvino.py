@@ -155,7 +155,8 @@ class OpenVINOEngine(Engine):
     (CPU threads, default all); ``streams`` for throughput mode (default: the plugin's choice);
     ``throughput_batch`` (auto mode: batches this big and up use throughput mode; default 8);
     ``cache_dir`` (``Engine.load``): compiled batch sizes are exported there and imported by the
-    next process instead of compiled again."""
+    next process instead of compiled again; each blob's sha256 is recorded after the compile that
+    wrote it and checked before every compile (a damaged or unrecorded blob is removed and rebuilt)."""
 
     def _setup(self, *, mode: str = "auto", threads: int | None = None, streams: int | None = None,
                throughput_batch: int = 8) -> None:
@@ -172,7 +173,13 @@ class OpenVINOEngine(Engine):
         self.throughput_batch = max(1, int(throughput_batch))
         self._core = ov.Core()
         cache = self._cache_folder("openvino", ov.__version__)
+        self._verified = None
         if cache is not None:  # OpenVINO keys each blob by model + compile config inside the folder
+            from ..cache import VerifiedFolder
+
+            # blobs that fail their recorded sha256, or have none, are removed before OpenVINO can import one
+            self._verified = VerifiedFolder(cache)
+            self._verified.check()
             self._core.set_property({"CACHE_DIR": str(cache)})
         self.cache_folder = cache
         self._model = self._core.read_model(str(self.artifact.file(self.manifest.payload)))
@@ -194,7 +201,11 @@ class OpenVINOEngine(Engine):
                     model = self._model.clone()
                     model.reshape({0: [n, *self.input_shape[1:]]})
                     streams = self.streams if kind == "THROUGHPUT" else None
+                    if self._verified is not None:  # OpenVINO imports a blob from the folder here, if it has one
+                        self._verified.check()
                     compiled = self._core.compile_model(model, "CPU", _config(kind, self._hint, streams, self.threads))
+                    if self._verified is not None:  # the blob OpenVINO has just written, now complete
+                        self._verified.record()
                     self._compiled[key] = compiled
                     self._pools[key] = queue.SimpleQueue()
         return compiled
