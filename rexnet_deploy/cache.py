@@ -18,6 +18,7 @@ Torch-free.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -81,10 +82,12 @@ class VerifiedFolder:
         return sorted(p for p in entries if not p.name.startswith(".") and not p.name.endswith(RECORD_SUFFIX)
                       and p.is_file())
 
-    def check(self) -> list[str]:
+    def check(self) -> bool:
         """Remove each file that fails its record or has none (and records whose file is gone), with
-        one warning line naming them; returns the names removed."""
+        one warning line naming them. False when such a file cannot be removed (a read-only folder):
+        the runtime must then not read the folder at all (said in a second warning line)."""
         removed: list[str] = []
+        stuck: list[str] = []
         with self._lock:
             for path in self.files():
                 stamp = _stamp(path)
@@ -95,20 +98,30 @@ class VerifiedFolder:
                     good = recorded is not None and file_sha256(path) == recorded
                 except FileNotFoundError:  # removed meanwhile by another replica
                     continue
+                except OSError:  # unreadable here: not verifiable, so not usable
+                    good = False
                 if good:
                     self._known[path.name] = stamp
                     continue
-                removed.append(f"{path.name} {'failed its checksum' if recorded else 'is not recorded'}")
                 self._known.pop(path.name, None)
-                path.unlink(missing_ok=True)
-                _record_path(path).unlink(missing_ok=True)
+                why = f"{path.name} {'failed its checksum' if recorded else 'is not recorded'}"
+                try:
+                    _remove(path)
+                    _remove(_record_path(path))
+                    removed.append(why)
+                except OSError as exc:
+                    stuck.append(f"{why} and cannot be removed ({exc.strerror or exc})")
             for record in self.folder.glob("*" + RECORD_SUFFIX):
                 if not record.with_name(record.name[:-len(RECORD_SUFFIX)]).exists():
-                    record.unlink(missing_ok=True)
+                    with contextlib.suppress(OSError):
+                        _remove(record)
         if removed:
             log.warning("cache file %s (in %s): removed, rebuilt from the verified payload",
                         "; ".join(removed), self.folder)
-        return removed
+        if stuck:
+            log.warning("cache file %s (in %s): this engine does not use the cache folder",
+                        "; ".join(stuck), self.folder)
+        return not stuck
 
     def publish(self, tmp: Path, name: str) -> None:
         """Move a complete file written under the temporary ``tmp`` into place as ``name``, its record
@@ -152,6 +165,10 @@ class VerifiedFolder:
             return False
         finally:
             tmp.unlink(missing_ok=True)
+
+
+def _remove(path: Path) -> None:
+    path.unlink(missing_ok=True)
 
 
 def _record_path(path: Path) -> Path:

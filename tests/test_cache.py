@@ -176,6 +176,32 @@ def test_onnxruntime_damaged_cache_never_changes_an_answer(ort_path, tmp_path, c
         assert e.cache_hit  # the rebuilt file is trusted again
 
 
+@pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
+def test_damaged_file_that_cannot_be_removed_is_not_read(backend, ov_fp32_path, ort_path, tmp_path, monkeypatch, caplog):
+    """A read-only cache folder holding a damaged file: the engine compiles from the payload instead."""
+    from rexnet_deploy import Engine, cache
+
+    artifact = ov_fp32_path if backend == "openvino" else ort_path
+    x = _batch(1)
+    with Engine.load(artifact) as plain:
+        want = plain(x)
+    with Engine.load(artifact, cache_dir=tmp_path) as e:
+        folder = e.cache_folder
+        e(x)
+    for path in _cached_files(folder):
+        _damage(path)
+
+    def read_only(path):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(cache, "_remove", read_only)
+    with caplog.at_level("WARNING", logger="rexnet_deploy.cache"):
+        with Engine.load(artifact, cache_dir=tmp_path) as e:
+            np.testing.assert_allclose(e(x), want, rtol=1e-5, atol=1e-5)
+            assert e.cache_folder is None
+    assert "cannot be removed" in caplog.text and "does not use the cache folder" in caplog.text
+
+
 def test_unwritable_cache_dir_is_one_clear_error(ov_fp32_path, tmp_path):
     from rexnet_deploy import Engine
     from rexnet_deploy.errors import UsageError

@@ -198,7 +198,11 @@ class OnnxRuntimeEngine(Engine):
         from ..cache import VerifiedFolder
 
         verified = VerifiedFolder(cache)
-        verified.check()  # a damaged or unrecorded optimized.onnx is removed (one warning) and rebuilt below
+        # a damaged or unrecorded optimized.onnx is removed (one warning) and rebuilt below
+        if not verified.check():  # ... or, stuck in a read-only folder, not read: optimize here, save nothing
+            self.cache_folder = None
+            self._session = self._open(source, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+            return
         if cached.is_file():
             try:
                 self._session = self._open(cached, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)

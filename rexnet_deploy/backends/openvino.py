@@ -179,8 +179,10 @@ class OpenVINOEngine(Engine):
 
             # blobs that fail their recorded sha256, or have none, are removed before OpenVINO can import one
             self._verified = VerifiedFolder(cache)
-            self._verified.check()
-            self._core.set_property({"CACHE_DIR": str(cache)})
+            if self._verified.check():
+                self._core.set_property({"CACHE_DIR": str(cache)})
+            else:  # a bad blob it cannot remove (read-only folder): compile everything here
+                self._verified, cache = None, None
         self.cache_folder = cache
         self._model = self._core.read_model(str(self.artifact.file(self.manifest.payload)))
         self._hint = self.manifest.backend_config.get(
@@ -201,8 +203,9 @@ class OpenVINOEngine(Engine):
                     model = self._model.clone()
                     model.reshape({0: [n, *self.input_shape[1:]]})
                     streams = self.streams if kind == "THROUGHPUT" else None
-                    if self._verified is not None:  # OpenVINO imports a blob from the folder here, if it has one
-                        self._verified.check()
+                    if self._verified is not None and not self._verified.check():  # OpenVINO imports blobs here
+                        self._core.set_property({"CACHE_DIR": ""})  # a bad blob stuck in the folder: stop reading it
+                        self._verified = None
                     compiled = self._core.compile_model(model, "CPU", _config(kind, self._hint, streams, self.threads))
                     if self._verified is not None:  # the blob OpenVINO has just written, now complete
                         self._verified.record()
