@@ -13,6 +13,10 @@ names, one request of batch 1 at a time as yet). A target's ``max_batch`` caps `
 where Triton documents a limit; the instance kind follows the device the artifact was built for
 (a ``.pt2`` package is compiled for one device: a CPU package cannot serve ``KIND_GPU``).
 
+A target's parameters are written only in the spelling and values its Triton backend reads. The
+openvino backend can pin bf16 (``HINT_BF16: "YES"``) but not f32: an FP32 or INT8 OpenVINO engine's
+config says so in a comment at its top (on a bf16 CPU Triton runs it in bf16).
+
 All models are staged in a hidden folder beside the repository and renamed into place only once every
 one of them is written (and its config parsed by Triton's own protobuf, where tritonclient is
 installed): an error leaves the repository as it was. No Triton library is needed to export.
@@ -26,6 +30,7 @@ import os
 import re
 import shutil
 import tempfile
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -39,6 +44,21 @@ CONFIG = "config.pbtxt"
 VERSION = "1"
 PREPROCESS = "preprocess.json"
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+# What a Triton backend accepts for a parameter, by the manifest value it is written for; a value
+# not listed is not written. Triton's openvino backend reads only INFERENCE_NUM_THREADS,
+# COMPILATION_NUM_THREADS, HINT_BF16, NUM_STREAMS and PERFORMANCE_HINT into the CPU plugin's
+# properties (triton-inference-server/openvino_backend src/openvino.cc, ModelState::ParseParameters;
+# any other key is never read), and HINT_BF16 only as "YES" → ov::hint::inference_precision(bf16):
+# "NO" fails the model load (ParseParameterHelper: "expected the parameter 'HINT_BF16' to be YES").
+_PARAMETER_VALUES: dict[str, dict[str, str]] = {"HINT_BF16": {"bf16": "YES"}}
+# Triton's openvino backend sets no precision unless HINT_BF16 is YES: the CPU plugin's default
+# runs a model in bf16 on a CPU with AVX-512 BF16 / AMX (f32 elsewhere). Said in the exported config.
+_OPENVINO_UNPINNED = (
+    "This {precision} engine runs f32 under rexnet-deploy (INFERENCE_PRECISION_HINT f32), but Triton's openvino "
+    "backend cannot pin f32: it reads only HINT_BF16, and only as YES (src/openvino.cc, ParseParameterHelper). "
+    "On a CPU with bf16 (AVX-512 BF16 or AMX) the CPU plugin's default then runs it in bf16, whose answers differ "
+    "from the engine's; on other CPUs in f32, as the build checked it. For the engine's answers on a bf16 CPU, "
+    "serve it with rexnet-deploy serve.")
 _DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32",
            "uint8": "TYPE_UINT8"}
 
@@ -64,6 +84,7 @@ class _Plan:
     input_name: str
     output_names: list[str]
     parameters: dict[str, str]
+    notes: tuple[str, ...] = ()  # written as comments at the top of the config: what the config cannot pin
 
 
 def triton_io_names(artifact: Artifact) -> tuple[str, list[str]]:
@@ -93,10 +114,19 @@ def _target(artifact: Artifact) -> TritonTarget:
 def _plan(artifact: Artifact, max_batch: int | None) -> _Plan:
     """The artifact's plan; refuses a foreign backend, an unexportable artifact or a bad --max-batch."""
     target, m = _target(artifact), artifact.manifest
-    parameters = {param: str(m.backend_config[key]) for param, key in target.parameters.items()
-                  if m.backend_config.get(key)}
+    parameters = {}
+    for param, key in target.parameters.items():
+        value = m.backend_config.get(key)
+        if value and param in _PARAMETER_VALUES:  # only a value the backend accepts (see _PARAMETER_VALUES)
+            value = _PARAMETER_VALUES[param].get(str(value))
+        if value:
+            parameters[param] = str(value)
+    notes: tuple[str, ...] = ()
+    if target.platform == "openvino" and m.backend_config.get("inference_precision_hint") == "f32":
+        notes = (_OPENVINO_UNPINNED.format(precision=m.precision.upper()),)
     return _Plan(artifact, target, _max_batch(artifact, max_batch, target),
-                 "KIND_GPU" if m.device.startswith("cuda") else "KIND_CPU", *_io_names(artifact, target), parameters)
+                 "KIND_GPU" if m.device.startswith("cuda") else "KIND_CPU", *_io_names(artifact, target), parameters,
+                 notes)
 
 
 def _max_batch(artifact: Artifact, requested: int | None, target: TritonTarget) -> int:
@@ -140,7 +170,8 @@ def config_text(artifact: Artifact, name: str, *, max_batch: int | None = None, 
 
 def _config(plan: _Plan, name: str, *, instances: int, max_queue_delay_us: int, labels: bool) -> str:
     target, m, where = plan.target, plan.artifact.manifest, str(plan.artifact.path)
-    lines = [f'name: "{name}"',
+    lines = [*(f"# {line}" for note in plan.notes for line in textwrap.wrap(note, 98)),
+             f'name: "{name}"',
              f'backend: "{target.platform}"' if target.uses_backend_field else f'platform: "{target.platform}"',
              f"max_batch_size: {plan.max_batch}",
              "input [",

@@ -32,6 +32,28 @@ def _artifact(request, backend: str) -> Path:
                                     "openvino": "ov_fp32_path"}[backend])
 
 
+# The parameters Triton's openvino backend reads into the CPU plugin's properties, and how
+# (triton-inference-server/openvino_backend src/openvino.cc: ModelState::ParseParameters(device)
+# lists the keys, ParseParameterHelper the values; any other key is never read, and a value it does
+# not accept fails the model load). HINT_BF16 accepts only "yes" (case-insensitive).
+_OV_BACKEND_READS = {"INFERENCE_NUM_THREADS", "COMPILATION_NUM_THREADS", "HINT_BF16", "NUM_STREAMS", "PERFORMANCE_HINT"}
+# read by ModelState::ParseParameters() for the backend itself, not passed to OpenVINO
+_OV_BACKEND_OWN = {"CPU_EXTENSION_PATH", "SKIP_OV_DYNAMIC_BATCHSIZE", "ENABLE_BATCH_PADDING", "RESHAPE_IO_LAYERS"}
+
+
+def _openvino_backend_properties(parameters: dict[str, str]) -> dict[str, str]:
+    """The CPU-plugin properties Triton's openvino backend sets from a config's parameters."""
+    props = {}
+    for key, value in parameters.items():
+        assert key in _OV_BACKEND_READS | _OV_BACKEND_OWN, f"Triton's openvino backend never reads {key!r}"
+        if key == "HINT_BF16":
+            assert value.lower() == "yes", f"HINT_BF16 {value!r} fails the model load (the backend takes only YES)"
+            props["INFERENCE_PRECISION_HINT"] = "bf16"
+        elif key in _OV_BACKEND_READS:
+            props[key] = value.upper() if key == "PERFORMANCE_HINT" else value
+    return props
+
+
 def _run_payload(backend: str, folder: Path, names: tuple[str, list[str]], x: np.ndarray) -> list[np.ndarray]:
     """The copied model file, loaded with its runtime directly (as Triton's backend would)."""
     in_name, out_names = names
@@ -42,10 +64,14 @@ def _run_payload(backend: str, folder: Path, names: tuple[str, list[str]], x: np
     if backend == "openvino":
         import openvino as ov
 
-        # with the config's parameters, as Triton's openvino backend passes them to compile_model
+        # with the properties Triton's openvino backend makes of the config's parameters
         cfg = parse_config((folder / "config.pbtxt").read_text())
-        props = {k: v.string_value for k, v in cfg.parameters.items()}
+        props = _openvino_backend_properties({k: v.string_value for k, v in cfg.parameters.items()})
         compiled = ov.Core().compile_model(str(folder / "1" / "model.xml"), "CPU", props)
+        if compiled.get_property("INFERENCE_PRECISION_HINT").to_string() != "f32":
+            # a bf16 CPU: Triton runs this FP32 engine in bf16, and its config says so (nothing pins f32)
+            assert "cannot pin f32" in (folder / "config.pbtxt").read_text()
+            pytest.skip("this CPU runs the OpenVINO payload in bf16 under Triton (the config's comment says so)")
         result = compiled({in_name: x})
         return [result[compiled.output(n)] for n in out_names]
     import torch
@@ -87,6 +113,37 @@ def test_export_config_and_payload(request, tmp_path, backend, platform):
     for g, w in zip(got, want):
         # same file, same runtime, same input: equal up to the thread-count's reduction order
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
+def _relabel_openvino(src: Path, dst: Path, precision: str, hint: str | None) -> Path:
+    """An OpenVINO FP32 artifact relabelled as another precision (the manifest is not checksummed)."""
+    shutil.copytree(src, dst)
+    manifest = json.loads((dst / "manifest.json").read_text())
+    manifest["precision"] = precision
+    manifest["backend_config"]["inference_precision_hint"] = hint
+    (dst / "manifest.json").write_text(json.dumps(manifest))
+    return dst
+
+
+def test_openvino_config_uses_only_what_the_backend_reads(ov_fp32_path, tmp_path):
+    """Issue 19 (8): the config pinned FP32 with INFERENCE_PRECISION_HINT, a key Triton's openvino
+    backend never reads. It reads HINT_BF16, and only as YES (src/openvino.cc ParseParameterHelper):
+    a BF16 engine is pinned with it; an FP32 or INT8 engine cannot be pinned, and its config says so."""
+    bf16 = _relabel_openvino(ov_fp32_path, tmp_path / "ov-bf16", "bf16", "bf16")
+    int8 = _relabel_openvino(ov_fp32_path, tmp_path / "ov-int8", "int8", "f32")
+    fp16 = _relabel_openvino(ov_fp32_path, tmp_path / "ov-fp16", "fp16", None)
+    models = export_triton([ov_fp32_path, bf16, int8, fp16], tmp_path / "repo", names=["fp32", "bf16", "int8", "fp16"])
+    texts = {m.name: (m.path / "config.pbtxt").read_text() for m in models}
+    params = {n: {k: v.string_value for k, v in parse_config(t).parameters.items()} for n, t in texts.items()}
+    assert params == {"fp32": {}, "bf16": {"HINT_BF16": "YES"}, "int8": {}, "fp16": {}}
+    for name, p in params.items():
+        assert _openvino_backend_properties(p) == ({"INFERENCE_PRECISION_HINT": "bf16"} if name == "bf16" else {})
+        body = "\n".join(line for line in texts[name].splitlines() if not line.startswith("#"))
+        assert "INFERENCE_PRECISION_HINT" not in body  # a key the backend never reads
+    for name in ("fp32", "int8"):  # what cannot be pinned is said where the operator reads it
+        assert texts[name].startswith("# ") and "cannot pin f32" in texts[name] and name.upper() in texts[name]
+    # fp16: the CPU's own choice, in the engine as in Triton
+    assert not texts["bf16"].startswith("#") and not texts["fp16"].startswith("#")
 
 
 def test_several_engines_one_call_and_force(ort_fp32_path, ts_engine_path, tmp_path):

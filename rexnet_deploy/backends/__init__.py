@@ -172,10 +172,10 @@ BACKENDS: dict[str, BackendInfo] = {
         runtime_extra="openvino-runtime",
         summary="OpenVINO IR for Intel CPUs; FP32 pinned to f32, FP16 weights, BF16, INT8 via NNCF; no torch at runtime",
         options=_OPENVINO_OPTIONS,
-        # the precision the engine was checked at: the CPU plugin's own default may be bf16/f16 on
-        # AMX hosts (measured here: logits off by 2e-4 without it)
+        # Triton's openvino backend reads HINT_BF16 (YES only), not INFERENCE_PRECISION_HINT: a bf16
+        # engine is pinned, an f32 one cannot be (see rexnet_deploy.triton, _PARAMETER_VALUES)
         triton=TritonTarget("openvino", {"model.xml": "model.xml", "model.bin": "model.bin"}, uses_backend_field=True,
-                            parameters={"INFERENCE_PRECISION_HINT": "inference_precision_hint"}),
+                            parameters={"HINT_BF16": "inference_precision_hint"}),
     ),
     "onnxruntime": BackendInfo(
         name="onnxruntime",
