@@ -177,7 +177,8 @@ def test_onnxruntime_damaged_cache_never_changes_an_answer(ort_path, tmp_path, c
 
 
 @pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
-def test_damaged_file_that_cannot_be_removed_is_not_read(backend, ov_fp32_path, ort_path, tmp_path, monkeypatch, caplog):
+def test_damaged_file_that_cannot_be_removed_is_not_read(backend, ov_fp32_path, ort_path, tmp_path, monkeypatch,
+                                                          caplog):
     """A read-only cache folder holding a damaged file: the engine compiles from the payload instead."""
     from rexnet_deploy import Engine, cache
 

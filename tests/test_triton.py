@@ -54,13 +54,15 @@ def _openvino_backend_properties(parameters: dict[str, str]) -> dict[str, str]:
     return props
 
 
-def _run_payload(backend: str, folder: Path, names: tuple[str, list[str]], x: np.ndarray) -> list[np.ndarray]:
-    """The copied model file, loaded with its runtime directly (as Triton's backend would)."""
+def _run_payload(backend: str, folder: Path, names: tuple[str, list[str]],
+                 x: np.ndarray) -> tuple[list[np.ndarray], str]:
+    """The copied model file, loaded with its runtime directly (as Triton's backend would), and the
+    precision it ran in."""
     in_name, out_names = names
     if backend == "onnxruntime":
         import onnxruntime as ort
 
-        return ort.InferenceSession(str(folder / "1" / "model.onnx")).run(out_names, {in_name: x})
+        return ort.InferenceSession(str(folder / "1" / "model.onnx")).run(out_names, {in_name: x}), "f32"
     if backend == "openvino":
         import openvino as ov
 
@@ -68,17 +70,14 @@ def _run_payload(backend: str, folder: Path, names: tuple[str, list[str]], x: np
         cfg = parse_config((folder / "config.pbtxt").read_text())
         props = _openvino_backend_properties({k: v.string_value for k, v in cfg.parameters.items()})
         compiled = ov.Core().compile_model(str(folder / "1" / "model.xml"), "CPU", props)
-        if compiled.get_property("INFERENCE_PRECISION_HINT").to_string() != "f32":
-            # a bf16 CPU: Triton runs this FP32 engine in bf16, and its config says so (nothing pins f32)
-            assert "cannot pin f32" in (folder / "config.pbtxt").read_text()
-            pytest.skip("this CPU runs the OpenVINO payload in bf16 under Triton (the config's comment says so)")
         result = compiled({in_name: x})
-        return [result[compiled.output(n)] for n in out_names]
+        precision = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+        return [result[compiled.output(n)] for n in out_names], precision
     import torch
 
     with torch.inference_mode():
         out = torch.jit.load(str(folder / "1" / "model.pt"))(torch.from_numpy(x))
-    return [o.numpy() for o in (out if isinstance(out, (list, tuple)) else [out])]
+    return [o.numpy() for o in (out if isinstance(out, (list, tuple)) else [out])], "f32"
 
 
 @pytest.mark.slow
@@ -109,7 +108,15 @@ def test_export_config_and_payload(request, tmp_path, backend, platform):
     x = np.random.default_rng(3).standard_normal((3, 3, 224, 224)).astype(np.float32)
     with Engine.load(artifact_path) as engine:
         want = engine.infer(x)
-    got = _run_payload(backend, folder, (in_name, out_names), x)
+    got, precision = _run_payload(backend, folder, (in_name, out_names), x)
+    if precision != "f32":
+        # a bf16 CPU: Triton runs this FP32 OpenVINO engine in bf16 (nothing in its config can pin f32),
+        # and the config says so; the payload is still the engine's (measured: 2.2e-4 off, logits up to 0.027)
+        assert backend == "openvino" and "cannot pin f32" in (folder / "config.pbtxt").read_text()
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=0, atol=0.05 * float(np.abs(w).max()))
+            assert not np.allclose(g, w, rtol=1e-5, atol=1e-5)  # what the comment warns of, on this CPU
+        return
     for g, w in zip(got, want):
         # same file, same runtime, same input: equal up to the thread-count's reduction order
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
