@@ -116,11 +116,11 @@ class VerifiedFolder:
                     with contextlib.suppress(OSError):
                         _remove(record)
         if removed:
-            log.warning("cache file %s (in %s): removed, rebuilt from the verified payload",
-                        "; ".join(removed), self.folder)
+            log.warning("cache file%s %s (in %s): removed, rebuilt from the verified payload",
+                        "s" if len(removed) > 1 else "", "; ".join(removed), self.folder)
         if stuck:
-            log.warning("cache file %s (in %s): this engine does not use the cache folder",
-                        "; ".join(stuck), self.folder)
+            log.warning("cache file%s %s (in %s): this engine does not use the cache folder",
+                        "s" if len(stuck) > 1 else "", "; ".join(stuck), self.folder)
         return not stuck
 
     def publish(self, tmp: Path, name: str) -> None:

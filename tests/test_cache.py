@@ -203,6 +203,24 @@ def test_damaged_file_that_cannot_be_removed_is_not_read(backend, ov_fp32_path, 
     assert "cannot be removed" in caplog.text and "does not use the cache folder" in caplog.text
 
 
+def test_openvino_checks_before_each_compile(ov_fp32_path, tmp_path, monkeypatch, caplog):
+    """A blob that turns up after the engine loaded (its record missing) is not imported by a later
+    compile; one that cannot be removed makes the engine stop reading the folder."""
+    from rexnet_deploy import Engine, cache
+
+    x = _batch(2)
+    with Engine.load(ov_fp32_path) as plain:
+        want = plain(x)
+    with Engine.load(ov_fp32_path, cache_dir=tmp_path) as e:
+        folder = e.cache_folder
+        e(x[:1])  # batch 1 compiled and recorded
+        (folder / "dropped.blob").write_bytes(b"not a blob")
+        monkeypatch.setattr(cache, "_remove", lambda path: (_ for _ in ()).throw(PermissionError(13, "read-only")))
+        with caplog.at_level("WARNING", logger="rexnet_deploy.cache"):
+            np.testing.assert_allclose(e(x), want, rtol=1e-5, atol=1e-5)  # batch 2: a compile, after the check
+        assert e.cache_folder is None and "dropped.blob is not recorded and cannot be removed" in caplog.text
+
+
 def test_unwritable_cache_dir_is_one_clear_error(ov_fp32_path, tmp_path):
     from rexnet_deploy import Engine
     from rexnet_deploy.errors import UsageError

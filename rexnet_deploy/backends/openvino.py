@@ -205,7 +205,7 @@ class OpenVINOEngine(Engine):
                     streams = self.streams if kind == "THROUGHPUT" else None
                     if self._verified is not None and not self._verified.check():  # OpenVINO imports blobs here
                         self._core.set_property({"CACHE_DIR": ""})  # a bad blob stuck in the folder: stop reading it
-                        self._verified = None
+                        self._verified = self.cache_folder = None
                     compiled = self._core.compile_model(model, "CPU", _config(kind, self._hint, streams, self.threads))
                     if self._verified is not None:  # the blob OpenVINO has just written, now complete
                         self._verified.record()
