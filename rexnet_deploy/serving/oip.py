@@ -97,16 +97,15 @@ def _datatype(numpy_name: str) -> str:
 def oip_routes(service: Service, endpoint: Endpoint, max_body_bytes: int) -> list[Route]:
     """The /v2 routes of the app over ``service``; ``endpoint`` is the app's wrapper (counting,
     timing, the not-ready 503 and JSON errors)."""
-    cache: dict[str, _Model] = {}
+    described: list[tuple[Any, _Model]] = []  # (engine, its description): worked out once per engine
 
     def model(request: Request) -> _Model:
         """The model a request names (404 for another name or version)."""
         if service.engine is None:  # (endpoint() answered 503 before this when not ready)
             raise RequestError(503, "the model is not loaded")
-        found = cache.get("model")
-        if found is None or cache.get("engine") is not service.engine:
-            found = cache["model"] = _Model(service)
-            cache["engine"] = service.engine  # type: ignore[assignment]
+        if not described or described[0][0] is not service.engine:
+            described[:] = [(service.engine, _Model(service))]
+        found = described[0][1]
         name = request.path_params["name"]
         if name != found.name:
             raise RequestError(404, f"unknown model {name!r}: this server serves {found.name!r}")
@@ -287,7 +286,8 @@ def encode_response(doc: dict[str, Any], outputs: list[np.ndarray], m: _Model) -
             data: Any = flat
         else:
             t = {"name": name, "datatype": _datatype(str(out.dtype)), "shape": list(out.shape)}
-            blob = np.ascontiguousarray(out).astype(out.dtype.newbyteorder("<"), copy=False).tobytes() if binary else None
+            # little-endian, row-major, as the extension says (a no-op for float32 on x86/ARM)
+            blob = out.astype(out.dtype.newbyteorder("<"), copy=False).tobytes(order="C") if binary else None
             data = out.reshape(-1).tolist()
         if blob is not None:
             t["parameters"] = {"binary_data_size": len(blob)}
