@@ -182,6 +182,8 @@ def test_errors_come_back_as_tritonclient_exceptions(client):
     status, message = _status(lambda: client.infer(MODEL, [infer_input(x)],
                                                    outputs=[httpclient.InferRequestedOutput("probs")]))
     assert status == "400" and "unknown output 'probs'" in message
+    status, message = _status(lambda: client.infer(MODEL, [infer_input(x)], request_compression_algorithm="gzip"))
+    assert status == "415" and "Content-Encoding gzip is not supported" in message
     status, message = _status(lambda: client.infer(MODEL, [infer_input(tensors(5))]))  # 3 MB over the limit
     assert status == "413" and "over the limit of 3000000 bytes" in message
 
@@ -196,6 +198,9 @@ def test_errors_come_back_as_tritonclient_exceptions(client):
     (None, b'{"inputs": [{"name": "input", "shape": [1, 3, 224, 224], "datatype": "FP32", "data": [1, 2]}]}',
      "2 values of data for shape [1, 3, 224, 224]"),
     (None, b'{"outputs": []}', '"inputs": [...]'),
+    (None, b'{"inputs": [{"name": "input", "shape": [1, 3, 224, 224], "datatype": "FP32", '
+           b'"parameters": {"shared_memory_region": "r", "shared_memory_byte_size": 602112}}]}',
+     "shared memory is not supported"),
     (None, b'{"inputs": [{"name": "input", "shape": [9, 3, 224, 224], "datatype": "FP32", "data": []}]}',
      "a batch of 9 is over this model's max_batch_size 8"),
 ])

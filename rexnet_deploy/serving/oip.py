@@ -132,10 +132,10 @@ def oip_routes(service: Service, endpoint: Endpoint, max_body_bytes: int) -> lis
 
     async def infer(request: Request) -> Response:
         m = model(request)
-        body = await _read_body(request, max_body_bytes)
         if request.headers.get("content-encoding", "identity").lower() not in ("", "identity"):
             raise RequestError(415, f"Content-Encoding {request.headers['content-encoding']} is not supported: "
                                     "send the request uncompressed")
+        body = await _read_body(request, max_body_bytes)
         doc, x = parse_request(body, request.headers.get(HEADER_LENGTH), m)
         rows = await asyncio.gather(*[service.batcher.submit_async(x[i]) for i in range(len(x))])
         # one row per request row; a multi-output head gives a tuple per row
@@ -166,7 +166,7 @@ def parse_request(body: bytes, header_length: str | None, m: _Model) -> tuple[di
         size = len(body)
     else:
         raw = header_length.strip()
-        if not raw.isdigit() or int(raw) > len(body):
+        if not (raw.isascii() and raw.isdigit()) or int(raw) > len(body):
             raise RequestError(400, f"{HEADER_LENGTH} must be the JSON header's size in bytes, 0..{len(body)}; "
                                     f"got {header_length!r}")
         size = int(raw)
@@ -185,7 +185,7 @@ def parse_request(body: bytes, header_length: str | None, m: _Model) -> tuple[di
     name, shape, datatype = tensor.get("name"), tensor.get("shape"), tensor.get("datatype")
     if name not in m.input_aliases:
         raise RequestError(400, f"unknown input {name!r}: this model's input is {m.input_name!r}")
-    if (not isinstance(shape, list) or not all(isinstance(v, int) and v >= 0 for v in shape)
+    if (not isinstance(shape, list) or not all(type(v) is int and v >= 0 for v in shape)
             or len(shape) != 1 + len(m.row_shape) or tuple(shape[1:]) != m.row_shape or shape[0] < 1):
         raise InputError(f"input {name!r} must have shape [N, {', '.join(map(str, m.row_shape))}] with N >= 1, "
                          f"got {shape}")
@@ -196,10 +196,14 @@ def parse_request(body: bytes, header_length: str | None, m: _Model) -> tuple[di
     count = int(np.prod(shape))
     itemsize, wire = _INPUT_TYPES[datatype]
     params = tensor.get("parameters") or {}
-    binary = params.get("binary_data_size") if isinstance(params, dict) else None
+    if not isinstance(params, dict):
+        raise RequestError(400, f"input {name!r}: parameters must be an object")
+    if "shared_memory_region" in params:
+        raise RequestError(400, "shared memory is not supported by serve: send the tensor in the request")
+    binary = params.get("binary_data_size")
     rest = len(body) - size
     if binary is not None:
-        if not isinstance(binary, int) or isinstance(binary, bool) or binary != rest:
+        if type(binary) is not int or binary != rest:
             raise RequestError(400, f"input {name!r}: binary_data_size {binary!r} must be the {rest} bytes "
                                     "after the JSON header")
         if binary != count * itemsize:
@@ -243,8 +247,10 @@ def _requested(doc: dict[str, Any], m: _Model) -> list[tuple[str, int, bool, int
         p = out.get("parameters") or {}
         if not isinstance(p, dict):
             raise RequestError(400, f"output {name!r}: parameters must be an object")
+        if "shared_memory_region" in p:
+            raise RequestError(400, "shared memory is not supported by serve: ask for the output in the answer")
         k = p.get("classification", 0)
-        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+        if type(k) is not int or k < 0:
             raise RequestError(400, f"output {name!r}: classification must be a count >= 0, got {k!r}")
         chosen.append((name, m.output_index[name], bool(p.get("binary_data", default_binary)), k))
     return chosen
