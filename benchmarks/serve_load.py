@@ -19,9 +19,13 @@ folder), then for each concurrency N measures throughput (img/s) and p50/p99 lat
 (d) ``in-process``: the Batcher in this process (its own engine, the server idle), N threads
     each with one ``submit(...).result()`` in flight.
 
-Each run sends a fixed number of requests (``--requests``, per N) or stops at ``--max-seconds``;
-Locust runs ``--locust-seconds``. It prints a table and, at the largest N, OIP-binary / v1-npy
-(target >= 0.9x) and OIP-binary / in-process (target >= 0.6x). ``--json PATH`` saves the figures.
+Each table run sends a fixed number of requests (``--requests``, per N) or stops at
+``--max-seconds``; Locust runs ``--locust-seconds``. The ratios at the largest N — OIP-binary /
+v1-npy (target >= 0.9x) and OIP-binary / in-process (target >= 0.6x) — come from (a), (b) and (d)
+run in ``--blocks`` interleaved blocks of ``--block-requests`` each, their order rotating, each
+load's requests and seconds summed over its blocks: on a shared machine a neighbour's burst moves
+one run's speed 2-4x, and interleaving spreads it over the three alike (back-to-back runs did not).
+``--json PATH`` saves the figures.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -103,83 +107,117 @@ def summarize(latencies: list[float], wall: float) -> dict[str, float]:
             "p99_ms": float(np.percentile(lat, 99) * 1000) if lat.size else float("nan")}
 
 
-def greenlet_load(n: int, requests: int, max_seconds: float, call: Callable[[int], None]) -> dict[str, float]:
-    """``n`` greenlets, each with one request in flight, ``requests`` in all (or until ``max_seconds``)."""
-    import gevent
-    import gevent.pool
+class Load:
+    """One kind of client at concurrency ``n``, set up once (connections opened, engine loaded) so
+    that ``run`` can be called for several short blocks; ``run`` → (latencies, wall seconds)."""
 
-    latencies: list[float] = []
-    counter = iter(range(requests))
-    for i in range(min(n, requests)):  # warm: every connection opened once, before the clock starts
-        call(i)
-    deadline = time.monotonic() + max_seconds
+    def __init__(self, n: int, inputs: np.ndarray) -> None:
+        self.n, self.inputs = n, inputs
 
-    def worker() -> None:
-        for i in counter:
-            if time.monotonic() > deadline:
-                return
-            t0 = time.perf_counter()
-            call(i)
-            latencies.append(time.perf_counter() - t0)
+    def call(self, i: int) -> None:  # pragma: no cover - each load overrides
+        raise NotImplementedError
 
-    pool = gevent.pool.Pool(n)
-    t0 = time.perf_counter()
-    for _ in range(n):
-        pool.spawn(worker)
-    pool.join(raise_error=True)
-    return summarize(latencies, time.perf_counter() - t0)
+    def run(self, requests: int, max_seconds: float) -> tuple[list[float], float]:
+        """``n`` greenlets, each with one request in flight, ``requests`` in all (or until ``max_seconds``)."""
+        import gevent.pool
+
+        latencies: list[float] = []
+        counter = iter(range(requests))
+        deadline = time.monotonic() + max_seconds
+
+        def worker() -> None:
+            for i in counter:
+                if time.monotonic() > deadline:
+                    return
+                t0 = time.perf_counter()
+                self.call(i)
+                latencies.append(time.perf_counter() - t0)
+
+        pool = gevent.pool.Pool(self.n)
+        t0 = time.perf_counter()
+        for _ in range(self.n):
+            pool.spawn(worker)
+        pool.join(raise_error=True)
+        return latencies, time.perf_counter() - t0
+
+    def warm(self) -> "Load":
+        for i in range(self.n):  # every connection opened once, before any clock starts
+            self.call(i)
+        return self
+
+    def close(self) -> None:
+        pass
 
 
-def oip_load(hostport: str, model: str, inputs: np.ndarray, n: int, requests: int, max_seconds: float) -> dict:
-    import tritonclient.http as httpclient
+class OipLoad(Load):
+    """(a) tritonclient's own concurrent client, OIP v2, binary tensors in and out."""
 
-    with httpclient.InferenceServerClient(hostport, concurrency=n, network_timeout=120) as client:
-        meta = client.get_model_metadata(model)
-        input_name, output_name = meta["inputs"][0]["name"], meta["outputs"][0]["name"]
-        prepared = []
+    def __init__(self, n: int, inputs: np.ndarray, hostport: str, model: str) -> None:
+        import tritonclient.http as httpclient
+
+        super().__init__(n, inputs)
+        self.model = model
+        self.client = httpclient.InferenceServerClient(hostport, concurrency=n, network_timeout=120)
+        meta = self.client.get_model_metadata(model)
+        input_name, self.output_name = meta["inputs"][0]["name"], meta["outputs"][0]["name"]
+        self.prepared = []
         for x in inputs:
             inp = httpclient.InferInput(input_name, [1, *x.shape], "FP32")
-            prepared.append([inp.set_data_from_numpy(x[None])])  # binary_data=True: the default
+            self.prepared.append([inp.set_data_from_numpy(x[None])])  # binary_data=True: the default
 
-        def call(i: int) -> None:
-            client.infer(model, prepared[i % len(prepared)]).as_numpy(output_name)
+    def call(self, i: int) -> None:
+        self.client.infer(self.model, self.prepared[i % len(self.prepared)]).as_numpy(self.output_name)
 
-        return greenlet_load(n, requests, max_seconds, call)
+    def close(self) -> None:
+        self.client.close()
 
 
-def npy_load(hostport: str, inputs: np.ndarray, n: int, requests: int, max_seconds: float) -> dict:
-    import io
+class NpyLoad(Load):
+    """(b) .npy bodies to /v1/infer from geventhttpclient (tritonclient's HTTP library), same N."""
 
-    from geventhttpclient import HTTPClient
+    def __init__(self, n: int, inputs: np.ndarray, hostport: str) -> None:
+        import io
 
-    bodies = []
-    for x in inputs:
-        buf = io.BytesIO()
-        np.save(buf, x)
-        bodies.append(buf.getvalue())
-    headers = {"Content-Type": "application/x-npy", "Accept": "application/x-npy"}
-    client = HTTPClient.from_url(f"http://{hostport}/", concurrency=n, network_timeout=120)
+        from geventhttpclient import HTTPClient
 
-    def call(i: int) -> None:
-        response = client.post("/v1/infer", body=bodies[i % len(bodies)], headers=headers)
+        super().__init__(n, inputs)
+        self.bodies = []
+        for x in inputs:
+            buf = io.BytesIO()
+            np.save(buf, x)
+            self.bodies.append(buf.getvalue())
+        self.headers = {"Content-Type": "application/x-npy", "Accept": "application/x-npy"}
+        self.client = HTTPClient.from_url(f"http://{hostport}/", concurrency=n, network_timeout=120)
+
+    def call(self, i: int) -> None:
+        import io
+
+        response = self.client.post("/v1/infer", body=self.bodies[i % len(self.bodies)], headers=self.headers)
         data = response.read()
         if response.status_code != 200:
             raise RuntimeError(f"/v1/infer answered {response.status_code}: {data[:200]!r}")
         np.load(io.BytesIO(data))
 
-    try:
-        return greenlet_load(n, requests, max_seconds, call)
-    finally:
-        client.close()
+    def close(self) -> None:
+        self.client.close()
 
 
-def batcher_load(engine_path: Path, inputs: np.ndarray, n: int, requests: int, max_seconds: float,
-                 max_batch: int, max_delay_ms: float) -> dict:
-    from rexnet_deploy import Engine
-    from rexnet_deploy.serving import Batcher
+class BatcherLoad(Load):
+    """(d) the Batcher in this process, its own engine; N threads (not greenlets: no HTTP here)."""
 
-    with Engine.load(engine_path) as engine, Batcher(engine, max_batch=max_batch, max_delay_ms=max_delay_ms) as b:
-        b.warmup(1)
+    def __init__(self, n: int, inputs: np.ndarray, engine_path: Path, max_batch: int, max_delay_ms: float) -> None:
+        from rexnet_deploy import Engine
+        from rexnet_deploy.serving import Batcher
+
+        super().__init__(n, inputs)
+        self.engine = Engine.load(engine_path)
+        self.batcher = Batcher(self.engine, max_batch=max_batch, max_delay_ms=max_delay_ms)
+        self.batcher.warmup(1)
+
+    def warm(self) -> "Load":
+        return self
+
+    def run(self, requests: int, max_seconds: float) -> tuple[list[float], float]:
         latencies: list[float] = []
         lock = threading.Lock()
         counter = iter(range(requests))
@@ -192,16 +230,20 @@ def batcher_load(engine_path: Path, inputs: np.ndarray, n: int, requests: int, m
                 if i is None or time.monotonic() > deadline:
                     return
                 t0 = time.perf_counter()
-                b.submit(inputs[i % len(inputs)]).result(timeout=120)
+                self.batcher.submit(self.inputs[i % len(self.inputs)]).result(timeout=120)
                 latencies.append(time.perf_counter() - t0)
 
-        threads = [threading.Thread(target=worker) for _ in range(n)]
+        threads = [threading.Thread(target=worker) for _ in range(self.n)]
         t0 = time.perf_counter()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        return summarize(latencies, time.perf_counter() - t0)
+        return latencies, time.perf_counter() - t0
+
+    def close(self) -> None:
+        self.batcher.close()
+        self.engine.close()
 
 
 def locust_load(hostport: str, image: Path, n: int, seconds: float, folder: Path) -> dict:
@@ -243,10 +285,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--engine", type=Path, help="an artifact (default: build a seeded random ONNX Runtime FP32 one)")
     p.add_argument("--concurrency", default="1,8,64", help="comma-separated client counts (default 1,8,64)")
-    p.add_argument("--requests", default="64,256,1024",
-                   help="requests per run, one per concurrency or one for all (default 64,256,1024)")
+    p.add_argument("--requests", default="64,256,512",
+                   help="requests per table run, one per concurrency or one for all (default 64,256,512)")
     p.add_argument("--max-seconds", type=float, default=20.0, help="stop a run after this long (default 20)")
     p.add_argument("--locust-seconds", type=float, default=6.0, help="Locust run time per concurrency (0: skip)")
+    p.add_argument("--blocks", type=int, default=6,
+                   help="interleaved blocks per load for the ratios at the largest concurrency (default 6)")
+    p.add_argument("--block-requests", type=int, default=192, help="requests per block (default 192)")
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--max-delay-ms", type=float, default=2.0)
     p.add_argument("--json", type=Path, help="also write the figures here")
@@ -258,6 +303,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if len(counts) != len(levels):
         p.error("--requests takes one count, or one per --concurrency value")
     inputs = np.random.default_rng(13).standard_normal((DISTINCT, 3, 224, 224), dtype=np.float32)
+    top = max(levels)
 
     with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
         folder = Path(tmp)
@@ -272,30 +318,62 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                    "max_delay_ms": args.max_delay_ms, "runs": []}
         print(f"engine {engine} on {figures['cpu']}; serve on {hostport}, max_batch {args.max_batch}, "
               f"max_delay {args.max_delay_ms} ms", flush=True)
+
+        def make(mode: str, n: int) -> Load:
+            if mode == "oip":
+                return OipLoad(n, inputs, hostport, model).warm()
+            if mode == "v1-npy":
+                return NpyLoad(n, inputs, hostport).warm()
+            return BatcherLoad(n, inputs, engine, args.max_batch, args.max_delay_ms)
+
+        def record(figure: dict[str, Any], note: str = "") -> None:
+            figures["runs"].append(figure)
+            print(f"  c={figure['concurrency']:<3} {figure['mode']:<10} {figure['requests']:>6} req  "
+                  f"{figure['img_s']:8.1f} img/s  p50 {figure['p50_ms']:8.1f} ms  p99 {figure['p99_ms']:8.1f} ms{note}",
+                  flush=True)
+
         try:
             for n, count in zip(levels, counts):
-                runs = {
-                    "in-process": lambda: batcher_load(engine, inputs, n, count, args.max_seconds, args.max_batch,
-                                                       args.max_delay_ms),
-                    "oip": lambda: oip_load(hostport, model, inputs, n, count, args.max_seconds),
-                    "v1-npy": lambda: npy_load(hostport, inputs, n, count, args.max_seconds),
-                }
+                for mode in ("in-process", "oip", "v1-npy"):
+                    load = make(mode, n)
+                    try:
+                        record({"mode": mode, "concurrency": n, "phase": "table",
+                                **summarize(*load.run(count, args.max_seconds))})
+                    finally:
+                        load.close()
                 if args.locust_seconds > 0:
-                    runs["locust"] = lambda: locust_load(hostport, image, n, args.locust_seconds, folder)
-                for mode, run in runs.items():
-                    figure = {"mode": mode, "concurrency": n, **run()}
-                    figures["runs"].append(figure)
-                    print(f"  c={n:<3} {mode:<10} {figure['requests']:>6} req  {figure['img_s']:8.1f} img/s  "
-                          f"p50 {figure['p50_ms']:8.1f} ms  p99 {figure['p99_ms']:8.1f} ms", flush=True)
+                    record({"mode": "locust", "concurrency": n, "phase": "table",
+                            **locust_load(hostport, image, n, args.locust_seconds, folder)})
+            # the ratios: the three loads at the largest N in interleaved short blocks (the order
+            # rotating), each load's figures summed over its blocks. A shared machine's neighbours
+            # move absolute speeds 2-4x within a minute; interleaving spreads that over all three alike
+            print(f"ratios at c={top}: {args.blocks} interleaved blocks of {args.block_requests} requests per load",
+                  flush=True)
+            names = ["oip", "v1-npy", "in-process"]
+            loads = {mode: make(mode, top) for mode in names}
+            latencies: dict[str, list[float]] = {mode: [] for mode in names}
+            walls = dict.fromkeys(names, 0.0)
+            try:
+                for block in range(args.blocks):
+                    for mode in names[block % 3:] + names[:block % 3]:
+                        lat, wall = loads[mode].run(args.block_requests, args.max_seconds)
+                        latencies[mode] += lat
+                        walls[mode] += wall
+            finally:
+                for load in loads.values():
+                    load.close()
+            for mode in names:
+                record({"mode": mode, "concurrency": top, "phase": "interleaved",
+                        **summarize(latencies[mode], walls[mode])}, "  (interleaved)")
         finally:
             stop(proc)
 
-    top = max(levels)
-    at = {r["mode"]: r["img_s"] for r in figures["runs"] if r["concurrency"] == top}
+    at = {r["mode"]: r["img_s"] for r in figures["runs"] if r["phase"] == "interleaved"}
     figures["ratios"] = {"oip/v1-npy": at["oip"] / at["v1-npy"], "oip/in-process": at["oip"] / at["in-process"]}
-    print(f"\n| mode | c | requests | img/s | p50 ms | p99 ms |\n| --- | --- | --- | --- | --- | --- |")
+    print("\n| load | c | requests | img/s | p50 ms | p99 ms |\n| --- | --- | --- | --- | --- | --- |")
     for r in figures["runs"]:
-        print(f"| {r['mode']} | {r['concurrency']} | {r['requests']} | {r['img_s']:.1f} | {r['p50_ms']:.1f} "
+        label = r["mode"] + (" (interleaved)" if r["phase"] == "interleaved" else "")
+        print(f"| {label} | {r['concurrency']} | {r['requests']} | {r['img_s']:.1f} | {r['p50_ms']:.1f} "
               f"| {r['p99_ms']:.1f} |")
     print()
     for name, value in figures["ratios"].items():

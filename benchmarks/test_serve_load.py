@@ -18,12 +18,14 @@ def test_serve_load_smoke(tmp_path):
     for module in ("onnxruntime", "tritonclient.http", "locust", "uvicorn"):
         pytest.importorskip(module)
     out = tmp_path / "figures.json"
-    r = subprocess.run([sys.executable, str(SCRIPT), "--concurrency", "1,2", "--requests", "4",
-                        "--locust-seconds", "3", "--json", str(out)], capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, str(SCRIPT), "--concurrency", "1,2", "--requests", "4", "--locust-seconds", "3",
+                        "--blocks", "2", "--block-requests", "4", "--json", str(out)],
+                       capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     figures = json.loads(out.read_text())
-    modes = {(f["mode"], f["concurrency"]) for f in figures["runs"]}
-    assert modes == {(m, n) for m in ("in-process", "oip", "v1-npy", "locust") for n in (1, 2)}
+    modes = {(f["mode"], f["concurrency"], f["phase"]) for f in figures["runs"]}
+    assert modes == ({(m, n, "table") for m in ("in-process", "oip", "v1-npy", "locust") for n in (1, 2)}
+                     | {(m, 2, "interleaved") for m in ("in-process", "oip", "v1-npy")})
     assert all(f["requests"] > 0 and f["img_s"] > 0 for f in figures["runs"])
     assert set(figures["ratios"]) == {"oip/v1-npy", "oip/in-process"}
-    assert "oip/v1-npy at c=2:" in r.stdout and "| mode | c |" in r.stdout
+    assert "oip/v1-npy at c=2:" in r.stdout and "| load | c |" in r.stdout
