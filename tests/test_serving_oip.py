@@ -221,3 +221,26 @@ def test_not_ready_is_503(ort_path):
         assert c.is_server_live() and not c.is_server_ready() and not c.is_model_ready(MODEL)
         status, message = _status(lambda: c.infer(MODEL, [infer_input(tensors(1))]))
         assert status == "503" and "not ready" in message
+
+
+def test_torchscript_model_uses_the_positional_triton_names(ts_engine_path):
+    """export-triton names libtorch tensors INPUT__0 / OUTPUT__0; /v2 does too (and takes the manifest's)."""
+    from starlette.testclient import TestClient
+
+    from rexnet_deploy.serving import Service, create_app
+
+    x = tensors(1, seed=6)
+    body = {"inputs": [{"name": "INPUT__0", "shape": [1, 3, 224, 224], "datatype": "FP32", "data": x.ravel().tolist()}],
+            "outputs": [{"name": "OUTPUT__0"}]}
+    with TestClient(create_app(Service(ts_engine_path, max_batch=1, warmup_rounds=0))) as c:
+        name = ts_engine_path.name
+        meta = c.get(f"/v2/models/{name}").json()
+        assert (meta["platform"], meta["inputs"][0]["name"], meta["outputs"][0]["name"]) == (
+            "pytorch_libtorch", "INPUT__0", "OUTPUT__0")
+        r = c.post(f"/v2/models/{name}/infer", json=body)
+        assert r.status_code == 200, r.text
+        got = np.asarray(r.json()["outputs"][0]["data"], dtype=np.float32)
+        body["inputs"][0]["name"] = "input"  # the manifest's name is accepted too
+        assert c.post(f"/v2/models/{name}/infer", json=body).status_code == 200
+        want = c.app.state.service.engine(x)[0]
+    np.testing.assert_allclose(got, want, atol=ATOL, rtol=1e-4)
