@@ -224,11 +224,14 @@ def create_app(service: Service | str | os.PathLike, *, max_body_bytes: int = DE
         finally:
             await asyncio.to_thread(service.stop)
 
+    from .oip import oip_routes  # here, not at the top: oip imports this module's helpers
+
     app = Starlette(routes=[
         Route("/v1/predict", endpoint("predict", predict), methods=["POST"]),
         Route("/v1/infer", endpoint("infer", infer), methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics_page, methods=["GET"]),
+        *oip_routes(service, endpoint, max_body_bytes),  # Open Inference Protocol v2 (see .oip)
     ], exception_handlers={HTTPException: http_error}, lifespan=lifespan)
     app.state.service = service
     return app
