@@ -168,14 +168,14 @@ class Batcher:
                 if self._closing:
                     return None
                 self._cond.wait()
-            if self._closing and not self._drain:
-                return None
             deadline = self._queue[0].arrived + self.max_delay
             while len(self._queue) < self.max_batch and not self._closing:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
+            if self._closing and not self._drain:  # also when close(drain=False) cut the max_delay wait short
+                return None
             n = min(len(self._queue), self.max_batch)
             return [self._queue.popleft() for _ in range(n)]
 
