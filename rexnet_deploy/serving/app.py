@@ -56,10 +56,14 @@ class RequestError(RexnetDeployError):
 
 
 def _status_of(exc: BaseException) -> int:
+    from ..errors import ImageTooLarge, UnsupportedImageFormat
+
     if isinstance(exc, RequestError):
         return exc.status
-    if isinstance(exc, BodyTooLarge):
+    if isinstance(exc, (BodyTooLarge, ImageTooLarge)):
         return 413
+    if isinstance(exc, UnsupportedImageFormat):
+        return 415
     if isinstance(exc, (Overloaded, ServiceClosed)):
         return 503
     if isinstance(exc, (InputError, UsageError)):
