@@ -162,7 +162,8 @@ class Batcher:
     # -- the worker ------------------------------------------------------------------------
     def _next_batch(self) -> list[_Request] | None:
         """Block until a batch is due: ``max_batch`` waiting, or the oldest waited ``max_delay``.
-        None when closed and nothing is left to answer."""
+        None when closed and nothing is left to answer, or closed without draining (close() then
+        cancels what is queued)."""
         with self._cond:
             while not self._queue:
                 if self._closing:

@@ -1,6 +1,7 @@
 """One request's input → the float32 CHW tensor a batch is stacked from, or an error for that
 request alone. Runs in the submitting thread (or the batcher's preprocessing pool), never in the
-engine worker: a corrupt image fails here, before it could join (and spoil) a batch."""
+engine worker: a corrupt image fails here, before it could join (and spoil) a batch. Also the
+parsers of tensor request bodies (JSON, .npy), which bound what they allocate before parsing."""
 
 from __future__ import annotations
 
