@@ -44,6 +44,19 @@ def _images_arg(images: tuple[str, ...]) -> Any:
     return images[0] if len(images) == 1 else list(images)
 
 
+def _max_image_pixels(ctx: click.Context, param: click.Parameter, value: int | None) -> None:
+    """--max-image-pixels: the decode budget of this process and of the workers it starts."""
+    if value is not None:
+        from .images import set_max_image_pixels
+
+        set_max_image_pixels(value, export=True)
+
+
+max_image_pixels_option = click.option(
+    "--max-image-pixels", type=click.IntRange(min=1), default=None, expose_value=False, callback=_max_image_pixels,
+    help="Refuse images of more pixels, from their header, before decoding (serve: 413) [30 million; a WebP counts double].")
+
+
 # -- commands -------------------------------------------------------------------------------------
 @main.command(name="build", cls=backend_flags.WithBackendFlags, flags_after="calib_seed")
 @click.option("--model", default="rexnet_100", show_default=True, help="ReXNet family member, optionally with a timm tag (rexnet_100.nav_in1k).")
@@ -222,6 +235,7 @@ def predict_command(engine_path, images, topk, skip_bad, as_json, rebuild_engine
 
 @main.command(name="serve")
 @click.argument("engine_path", metavar="ENGINE", type=click.Path())
+@max_image_pixels_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0 exposes the service to the network).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port (0: a free one, announced on stderr).")
 @click.option("--max-batch", type=click.IntRange(min=1), default=32, show_default=True, help="Largest batch (clamped to the engine's batch range).")
@@ -363,6 +377,7 @@ def export_triton_command(engine_paths, repo, names, max_batch, instances, max_q
 @main.command(name="batch")
 @click.argument("engine_path", metavar="ENGINE", type=click.Path())
 @click.argument("input_dir", metavar="INPUT_DIR", type=click.Path())
+@max_image_pixels_option
 @click.option("--out", type=click.Path(), required=True, help="Predictions Parquet file (file, indices, labels, scores, error).")
 @click.option("--topk", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Files per engine call.")

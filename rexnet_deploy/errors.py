@@ -25,6 +25,16 @@ class ImageError(InputError):
         self.bad = bad or []
 
 
+class ImageTooLarge(ImageError):
+    """An image of more pixels than the decode budget (``--max-image-pixels``): refused from its
+    header, before decoding (HTTP 413)."""
+
+
+class UnsupportedImageFormat(ImageError):
+    """Bytes that are none of the accepted image formats (JPEG, PNG, WebP, BMP, TIFF, GIF): TGA,
+    PCX, EPS, ... are never handed to a decoder (HTTP 415)."""
+
+
 class WeightsError(RexnetDeployError):
     """Weights that cannot be found, fetched, read, or do not fit the model."""
 

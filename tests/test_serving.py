@@ -425,7 +425,7 @@ def test_metrics_in_prometheus_text(ort_path, photos):
         with ThreadPoolExecutor(6) as pool:  # concurrent requests, so batches form
             codes = list(pool.map(lambda p: c.post("/v1/predict", content=jpeg(p)).status_code, photos))
         assert codes == [200] * 6
-        assert c.post("/v1/predict", content=b"junk").status_code == 400
+        assert c.post("/v1/predict", content=b"\xff\xd8\xff junk").status_code == 400  # a broken JPEG (junk: 415)
         r = c.get("/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     samples = {}

@@ -56,10 +56,14 @@ class RequestError(RexnetDeployError):
 
 
 def _status_of(exc: BaseException) -> int:
+    from ..errors import ImageTooLarge, UnsupportedImageFormat
+
     if isinstance(exc, RequestError):
         return exc.status
-    if isinstance(exc, BodyTooLarge):
+    if isinstance(exc, (BodyTooLarge, ImageTooLarge)):
         return 413
+    if isinstance(exc, UnsupportedImageFormat):
+        return 415
     if isinstance(exc, (Overloaded, ServiceClosed)):
         return 503
     if isinstance(exc, (InputError, UsageError)):
@@ -113,23 +117,16 @@ async def _image_bytes(request: Request, limit: int) -> bytes:
 
 
 def _tensor(body: bytes, kind: str) -> np.ndarray:
+    from .inputs import json_body, json_tensor, npy_body
+
     if kind == NPY or (kind in ("", "application/octet-stream") and body[:6] == b"\x93NUMPY"):
-        try:
-            return np.load(io.BytesIO(body), allow_pickle=False)  # never pickles: a body is untrusted
-        except Exception as exc:
-            raise InputError(f"cannot read the .npy body: {one_line(exc)}") from None
+        return npy_body(body)  # never unpickles, and checks the declared shape against the body first
     if kind == "application/json":
-        try:
-            doc = json.loads(body)
-        except ValueError as exc:
-            raise InputError(f"invalid JSON body: {one_line(exc)}") from None
+        doc = json_body(body)  # depth-limited: a [[[...]]] 100k deep is a 400, not a RecursionError
         data = doc.get("input") if isinstance(doc, dict) else doc
         if data is None:
             raise InputError('JSON body must be {"input": [[[...]]]} (a C x H x W nested list)')
-        try:
-            return np.asarray(data, dtype=np.float32)
-        except (ValueError, TypeError) as exc:
-            raise InputError(f"JSON input is not a rectangular array of numbers: {one_line(exc)}") from None
+        return json_tensor(data)
     raise RequestError(415, f"/v1/infer takes {NPY} (numpy.save) or application/json, not {kind or 'no content type'}")
 
 

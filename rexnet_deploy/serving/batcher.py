@@ -162,20 +162,21 @@ class Batcher:
     # -- the worker ------------------------------------------------------------------------
     def _next_batch(self) -> list[_Request] | None:
         """Block until a batch is due: ``max_batch`` waiting, or the oldest waited ``max_delay``.
-        None when closed and nothing is left to answer."""
+        None when closed and nothing is left to answer, or closed without draining (close() then
+        cancels what is queued)."""
         with self._cond:
             while not self._queue:
                 if self._closing:
                     return None
                 self._cond.wait()
-            if self._closing and not self._drain:
-                return None
             deadline = self._queue[0].arrived + self.max_delay
             while len(self._queue) < self.max_batch and not self._closing:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
+            if self._closing and not self._drain:  # also when close(drain=False) cut the max_delay wait short
+                return None
             n = min(len(self._queue), self.max_batch)
             return [self._queue.popleft() for _ in range(n)]
 
