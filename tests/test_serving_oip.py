@@ -192,7 +192,9 @@ def test_errors_come_back_as_tritonclient_exceptions(client):
     ("abc", b'{"inputs": []}', "Inference-Header-Content-Length must be"),
     ("-1", b'{"inputs": []}', "Inference-Header-Content-Length must be"),
     ("999", b'{"inputs": []}', "Inference-Header-Content-Length must be"),
-    ("5", b'{"inputs": []}', "not JSON"),
+    ("5", b'{"inputs": []}', "invalid JSON"),
+    (None, b'{"inputs": [{"name": "input", "shape": [1, 3, 224, 224], "datatype": "FP32", "data": '
+           + b"[" * 100_000 + b"]" * 100_000 + b"}]}", "nested 100003 deep"),
     (None, b'{"inputs": [{"name": "input", "shape": [1, 3, 224, 224], "datatype": "FP32", '
            b'"parameters": {"binary_data_size": 602112}}]}', "binary_data_size 602112 must be the 0 bytes"),
     (None, b'{"inputs": [{"name": "input", "shape": [1, 3, 224, 224], "datatype": "FP32", "data": [1, 2]}]}',

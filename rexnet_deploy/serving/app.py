@@ -11,7 +11,7 @@
   503 while loading or draining. ``GET /metrics``: Prometheus text (see :mod:`.metrics`).
 
 Every error is JSON ``{"error": message, "type": class}`` with a 4xx code for bad requests (400
-bad input, 413 body too large, 415 wrong content type), 503 when overloaded or shutting down, and
+bad input, 413 body or image too large, 415 wrong content type or image format), 503 when overloaded or shutting down, and
 a 500 that names only the exception type (no traceback) for a failure of ours.
 """
 

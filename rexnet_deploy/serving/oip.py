@@ -43,6 +43,7 @@ from starlette.routing import Route
 from .. import __version__
 from ..errors import InputError, RexnetDeployError
 from .app import RequestError, _read_body
+from .inputs import json_body, json_tensor
 from .service import Service
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -170,10 +171,8 @@ def parse_request(body: bytes, header_length: str | None, m: _Model) -> tuple[di
             raise RequestError(400, f"{HEADER_LENGTH} must be the JSON header's size in bytes, 0..{len(body)}; "
                                     f"got {header_length!r}")
         size = int(raw)
-    try:
-        doc = json.loads(body[:size]) if size else None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RequestError(400, f"the inference request header is not JSON: {exc}") from None
+    # depth- and size-limited (a 100k-deep [[[...]]] is a 400, not a RecursionError)
+    doc = json_body(body[:size]) if size else None
     if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list):
         raise RequestError(400, 'the inference request must be a JSON object with "inputs": [...]')
     if len(doc["inputs"]) != 1:
@@ -217,10 +216,7 @@ def parse_request(body: bytes, header_length: str | None, m: _Model) -> tuple[di
             raise RequestError(400, f"input {name!r} has neither data nor parameters.binary_data_size")
         if datatype == "BF16":
             raise InputError(f"input {name!r}: BF16 data must be sent as binary data")
-        try:
-            x = np.asarray(tensor["data"], dtype=np.float32).reshape(-1)
-        except (ValueError, TypeError) as exc:
-            raise InputError(f"input {name!r}: data is not an array of numbers: {exc}") from None
+        x = json_tensor(tensor["data"], f"input {name!r}: data").reshape(-1)
         if x.size != count:
             raise InputError(f"input {name!r}: {x.size} values of data for shape {shape} ({count} values)")
     if datatype == "FP16":
