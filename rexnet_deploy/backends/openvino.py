@@ -18,13 +18,17 @@ Runtime (this module imports neither torch nor timm):
   through an ``AsyncInferQueue``.
 * Thread safety: compiled models are created under a lock; infer requests and async queues come
   from pools, so concurrent callers never share one.
+* The CPU plugin is created and destroyed on one thread the engine owns (``_PluginThread``), so
+  ``close()`` may be called from any thread (see there why that matters).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import queue
 import threading
-from typing import TYPE_CHECKING, Any
+import weakref
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -182,6 +186,7 @@ class OpenVINOEngine(Engine):
         self._compiled: dict[tuple[str, int], Any] = {}
         self._pools: dict[tuple[str, int], queue.SimpleQueue] = {}
         self._n_streams: int | None = None  # of the THROUGHPUT-hint models, read on first use
+        self._plugin_thread = _PluginThread(self._core)  # last: creates the CPU plugin there (see its docstring)
 
     # compiled models and request pools, created once per (hint, batch) under the lock
     def _compiled_for(self, kind: str, n: int):
@@ -256,10 +261,50 @@ class OpenVINOEngine(Engine):
         return [o[:n] for o in outputs]
 
     def _release(self) -> None:
-        self._compiled.clear()
-        self._pools.clear()
-        self._model = None
-        self._core = None
+        """Drop every OpenVINO object on the plugin's own thread (whichever thread calls close)."""
+        owned = [self._compiled, self._pools, self._model, self._core]
+        self._compiled, self._pools, self._model, self._core = {}, {}, None, None
+        self._plugin_thread.call(owned.clear)  # the last references go there: the plugin is destroyed there
+        self._plugin_thread.stop()
+
+
+class _PluginThread:
+    """A thread that creates an engine's OpenVINO CPU plugin (``core``'s first use of the device)
+    and, at ``close``, destroys it. Why: the plugin installs an alternate signal stack (its own
+    mmap, sized for AMX signal frames) on the thread that creates it, and its destructor restores
+    the old one and unmaps that memory on whichever thread destroys it. Created on the loading
+    thread and destroyed on another (``serve`` stops its service in a worker thread), the loading
+    thread kept an alternate stack in unmapped memory, and the next signal it handled (SIGTERM
+    re-raised at the end of a graceful stop) was a SIGSEGV: exit 139. Here the plugin is born and
+    dies on this thread, which no caller shares, and which exits after."""
+
+    def __init__(self, core: Any) -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        # the thread holds the queue, not this object: an engine never closed frees the thread too
+        self._thread = threading.Thread(target=_serve_jobs, args=(self._jobs,), name="openvino-plugin", daemon=True)
+        self._thread.start()
+        weakref.finalize(self, self._jobs.put, None)
+        self.call(core.get_property, "CPU", "FULL_DEVICE_NAME")  # any device query creates the plugin
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` on this thread; its result or exception here."""
+        done: concurrent.futures.Future = concurrent.futures.Future()
+        self._jobs.put((fn, args, done))
+        return done.result()
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+        self._thread.join()
+
+
+def _serve_jobs(jobs: queue.SimpleQueue) -> None:
+    while (job := jobs.get()) is not None:
+        fn, args, done = job
+        try:
+            done.set_result(fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            done.set_exception(exc)
+        del job, fn, args, done  # hold no reference into the next wait
 
 
 ENGINE = OpenVINOEngine
