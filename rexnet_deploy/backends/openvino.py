@@ -241,24 +241,24 @@ class OpenVINOEngine(Engine):
         key = ("THROUGHPUT", part)
         compiled = self._compiled_for(*key)
         # one AsyncInferQueue per caller at a time (pooled): a shared one would mix callers' results
-        jobs = self._take(key, lambda: self._ov.AsyncInferQueue(compiled, self._n_streams))
+        jobs = self._take(key, lambda: self._async_queue(compiled))
         outputs: list[np.ndarray | None] = [None] * len(self.output_names)
-
-        def collect(request, start: int) -> None:
-            for k in range(len(outputs)):
-                data = request.get_output_tensor(k).data
-                if outputs[k] is None:
-                    outputs[k] = np.empty((padded, *data.shape[1:]), dtype=data.dtype)
-                outputs[k][start:start + part] = data
-
+        lock = threading.Lock()
         try:
-            jobs.set_callback(collect)
             for start in range(0, padded, part):
-                jobs.start_async({0: batch[start:start + part]}, start, share_inputs=True)
+                jobs.start_async({0: batch[start:start + part]}, (outputs, lock, start, padded), share_inputs=True)
             jobs.wait_all()
         finally:
             self._pools[key].put(jobs)
         return [o[:n] for o in outputs]
+
+    def _async_queue(self, compiled):
+        jobs = self._ov.AsyncInferQueue(compiled, self._n_streams)
+        # one callback for the queue's life. A new one per call (a closure) made OpenVINO drop the
+        # previous one on an executor thread, which takes the GIL to do it; a close() right after
+        # (a compiled model destroyed with the GIL held, joining that thread) then hung for ever
+        jobs.set_callback(_collect_part)
+        return jobs
 
     def _release(self) -> None:
         """Drop every OpenVINO object on the plugin's own thread (whichever thread calls close)."""
@@ -295,6 +295,18 @@ class _PluginThread:
     def stop(self) -> None:
         self._jobs.put(None)
         self._thread.join()
+
+
+def _collect_part(request, userdata: tuple) -> None:
+    """AsyncInferQueue callback: one part's outputs into the caller's arrays (made by the first
+    part to finish, under the caller's lock: the callbacks run on several executor threads)."""
+    outputs, lock, start, padded = userdata
+    for k in range(len(outputs)):
+        data = request.get_output_tensor(k).data
+        with lock:
+            if outputs[k] is None:
+                outputs[k] = np.empty((padded, *data.shape[1:]), dtype=data.dtype)
+        outputs[k][start:start + len(data)] = data
 
 
 def _serve_jobs(jobs: queue.SimpleQueue) -> None:
