@@ -101,10 +101,10 @@ def test_openvino_engine_closed_on_another_thread_survives_a_signal(ov_fp32_path
 # -- one OpenVINO server: loading, slow clients, SIGTERM ----------------------------------------
 @pytest.fixture(scope="module")
 def ov_server(ov_fp32_path):
-    """A ``serve`` of the OpenVINO FP32 artifact with 1 s header and body timeouts and a 1.5 s
+    """A ``serve`` of the OpenVINO FP32 artifact with 1 s header and body timeouts and a 2 s
     batching delay (so requests provably wait in the queue); ``early`` holds what /healthz and
     /v1/infer answered right after the "listening" line, before the engine was warm."""
-    proc, base, lines = _start(ov_fp32_path, "--max-batch", "8", "--max-delay-ms", "1500", "--header-timeout", "1",
+    proc, base, lines = _start(ov_fp32_path, "--max-batch", "8", "--max-delay-ms", "2000", "--header-timeout", "1",
                                "--body-timeout", "1", "--log-level", "warning")
     try:
         early: list = []  # the answers, or why there was none (a refused connection, before)
@@ -185,7 +185,7 @@ def test_sigterm_answers_in_flight_refuses_new_with_503_and_exits_0(ov_server):
         in_flight = [pool.submit(httpx.post, f"{base}/v1/infer", content=_npy(i), headers=NPY_HEADERS, timeout=30)
                      for i in range(5)]
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:  # all five queued (the batcher waits 1.5 s for more)
+        while time.monotonic() < deadline:  # all five queued (the batcher waits 2 s for more)
             if re.search(r"^rexnet_queue_depth 5\.0$", kept.get("/metrics").text, re.M):
                 break
             time.sleep(0.02)
@@ -193,7 +193,7 @@ def test_sigterm_answers_in_flight_refuses_new_with_503_and_exits_0(ov_server):
             raise AssertionError("the five requests never queued")
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        time.sleep(0.2)  # the server has taken the signal; the queued five are due ~1.4 s from now
+        time.sleep(0.2)  # the server has taken the signal; the queued five are due ~1.5 s from now
         on_kept = kept.post("/v1/infer", content=_npy(9), headers=NPY_HEADERS)
         fresh = httpx.get(f"{base}/healthz", timeout=10)
         answers = [f.result(timeout=60) for f in in_flight]
@@ -205,7 +205,7 @@ def test_sigterm_answers_in_flight_refuses_new_with_503_and_exits_0(ov_server):
     assert "draining" in on_kept.json()["error"] and on_kept.headers["connection"] == "close"
     assert (fresh.status_code, fresh.json()["status"]) == (503, "draining")
     assert code == 0, "".join(ov_server["lines"])[-3000:]
-    print(f"\nSIGTERM → exit with 5 queued requests (1.5 s batching delay): {exit_s:.2f} s")
+    print(f"\nSIGTERM → exit with 5 queued requests (2 s batching delay): {exit_s:.2f} s")
 
 
 # -- defect 4: --workers 2 metrics ------------------------------------------------------------------
