@@ -208,6 +208,21 @@ def test_sigterm_answers_in_flight_refuses_new_with_503_and_exits_0(ov_server):
     print(f"\nSIGTERM → exit with 5 queued requests (2 s batching delay): {exit_s:.2f} s")
 
 
+def test_a_load_that_fails_after_listening_is_one_error_line_and_exit_2(ort_path, tmp_path):
+    """The artifact passes the checks made before listening; the engine's load then fails in the
+    background (a cache folder under a file): the server stops with one error line, not a server
+    that answers 503 for ever."""
+    from .conftest import run_cli
+
+    (tmp_path / "file").write_text("")
+    r = run_cli("serve", str(ort_path), "--port", "0", "--cache-dir", str(tmp_path / "file" / "cache"),
+                "--log-level", "warning")
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert lines[0].startswith("listening on http://127.0.0.1:") and len(lines) == 2, lines
+    assert lines[1].startswith("error: cannot create the cache folder"), lines
+
+
 # -- defect 4: --workers 2 metrics ------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ort_path(tmp_path_factory) -> Path:
