@@ -249,8 +249,17 @@ def predict_command(engine_path, images, topk, skip_bad, as_json, rebuild_engine
               help="Keep compiled models here (openvino, onnxruntime): a fresh replica imports instead of compiling.")
 @click.option("--fast-preprocess", is_flag=True,
               help="Decode large JPEGs at reduced scale and box-reduce before resizing (off timm's transform; docs/cold-start-and-preprocessing.md).")
+@click.option("--header-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="Seconds a connection has to send a request's headers (408 and closed past it).")
+@click.option("--body-timeout", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
+              help="Seconds a request has to send its body after the headers (408 past it).")
+@click.option("--keep-alive-timeout", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+              help="Seconds an idle kept-alive connection stays open.")
+@click.option("--max-connections", type=click.IntRange(min=1), default=2048, show_default=True,
+              help="Concurrent connections or requests past which new requests get 503.")
 def serve_command(engine_path, host, port, max_batch, max_delay_ms, max_queue, max_body_mb, workers, threads,
-                  log_level, cache_dir, fast_preprocess) -> None:
+                  log_level, cache_dir, fast_preprocess, header_timeout, body_timeout, keep_alive_timeout,
+                  max_connections) -> None:
     """HTTP inference service: POST /v1/predict (image bytes), POST /v1/infer (tensor), GET /healthz, GET /metrics.
     Requests are batched dynamically (see docs/serving.md). Needs the serve extra."""
     from .serving.server import serve
@@ -258,7 +267,8 @@ def serve_command(engine_path, host, port, max_batch, max_delay_ms, max_queue, m
     serve(engine_path, host=host, port=port, workers=workers, max_batch=max_batch, max_delay_ms=max_delay_ms,
           max_queue=max_queue, max_body_bytes=int(max_body_mb * 1024 * 1024),
           engine_options=_engine_options(threads=threads, cache_dir=cache_dir, fast_preprocess=fast_preprocess),
-          log_level=log_level)
+          log_level=log_level, header_timeout=header_timeout, body_timeout=body_timeout,
+          keep_alive_timeout=keep_alive_timeout, max_connections=max_connections)
 
 
 @main.command(name="matrix")

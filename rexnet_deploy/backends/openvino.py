@@ -18,13 +18,17 @@ Runtime (this module imports neither torch nor timm):
   through an ``AsyncInferQueue``.
 * Thread safety: compiled models are created under a lock; infer requests and async queues come
   from pools, so concurrent callers never share one.
+* The CPU plugin is created and destroyed on one thread the engine owns (``_PluginThread``), so
+  ``close()`` may be called from any thread (see there why that matters).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import queue
 import threading
-from typing import TYPE_CHECKING, Any
+import weakref
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -191,6 +195,7 @@ class OpenVINOEngine(Engine):
         self._compiled: dict[tuple[str, int], Any] = {}
         self._pools: dict[tuple[str, int], queue.SimpleQueue] = {}
         self._n_streams: int | None = None  # of the THROUGHPUT-hint models, read on first use
+        self._plugin_thread = _PluginThread(self._core)  # last: creates the CPU plugin there (see its docstring)
 
     # compiled models and request pools, created once per (hint, batch) under the lock
     def _compiled_for(self, kind: str, n: int):
@@ -250,30 +255,82 @@ class OpenVINOEngine(Engine):
         key = ("THROUGHPUT", part)
         compiled = self._compiled_for(*key)
         # one AsyncInferQueue per caller at a time (pooled): a shared one would mix callers' results
-        jobs = self._take(key, lambda: self._ov.AsyncInferQueue(compiled, self._n_streams))
+        jobs = self._take(key, lambda: self._async_queue(compiled))
         outputs: list[np.ndarray | None] = [None] * len(self.output_names)
-
-        def collect(request, start: int) -> None:
-            for k in range(len(outputs)):
-                data = request.get_output_tensor(k).data
-                if outputs[k] is None:
-                    outputs[k] = np.empty((padded, *data.shape[1:]), dtype=data.dtype)
-                outputs[k][start:start + part] = data
-
+        lock = threading.Lock()
         try:
-            jobs.set_callback(collect)
             for start in range(0, padded, part):
-                jobs.start_async({0: batch[start:start + part]}, start, share_inputs=True)
+                jobs.start_async({0: batch[start:start + part]}, (outputs, lock, start, padded), share_inputs=True)
             jobs.wait_all()
         finally:
             self._pools[key].put(jobs)
         return [o[:n] for o in outputs]
 
+    def _async_queue(self, compiled):
+        jobs = self._ov.AsyncInferQueue(compiled, self._n_streams)
+        # one callback for the queue's life. A new one per call (a closure) made OpenVINO drop the
+        # previous one on an executor thread, which takes the GIL to do it; a close() right after
+        # (a compiled model destroyed with the GIL held, joining that thread) then hung for ever
+        jobs.set_callback(_collect_part)
+        return jobs
+
     def _release(self) -> None:
-        self._compiled.clear()
-        self._pools.clear()
-        self._model = None
-        self._core = None
+        """Drop every OpenVINO object on the plugin's own thread (whichever thread calls close)."""
+        owned = [self._compiled, self._pools, self._model, self._core]
+        self._compiled, self._pools, self._model, self._core = {}, {}, None, None
+        self._plugin_thread.call(owned.clear)  # the last references go there: the plugin is destroyed there
+        self._plugin_thread.stop()
+
+
+class _PluginThread:
+    """A thread that creates an engine's OpenVINO CPU plugin (``core``'s first use of the device)
+    and, at ``close``, destroys it. Why: the plugin installs an alternate signal stack (its own
+    mmap, sized for AMX signal frames) on the thread that creates it, and its destructor restores
+    the old one and unmaps that memory on whichever thread destroys it. Created on the loading
+    thread and destroyed on another (``serve`` stops its service in a worker thread), the loading
+    thread kept an alternate stack in unmapped memory, and the next signal it handled (SIGTERM
+    re-raised at the end of a graceful stop) was a SIGSEGV: exit 139. Here the plugin is born and
+    dies on this thread, which no caller shares, and which exits after."""
+
+    def __init__(self, core: Any) -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        # the thread holds the queue, not this object: an engine never closed frees the thread too
+        self._thread = threading.Thread(target=_serve_jobs, args=(self._jobs,), name="openvino-plugin", daemon=True)
+        self._thread.start()
+        weakref.finalize(self, self._jobs.put, None)
+        self.call(core.get_property, "CPU", "FULL_DEVICE_NAME")  # any device query creates the plugin
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` on this thread; its result or exception here."""
+        done: concurrent.futures.Future = concurrent.futures.Future()
+        self._jobs.put((fn, args, done))
+        return done.result()
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+        self._thread.join()
+
+
+def _collect_part(request, userdata: tuple) -> None:
+    """AsyncInferQueue callback: one part's outputs into the caller's arrays (made by the first
+    part to finish, under the caller's lock: the callbacks run on several executor threads)."""
+    outputs, lock, start, padded = userdata
+    for k in range(len(outputs)):
+        data = request.get_output_tensor(k).data
+        with lock:
+            if outputs[k] is None:
+                outputs[k] = np.empty((padded, *data.shape[1:]), dtype=data.dtype)
+        outputs[k][start:start + len(data)] = data
+
+
+def _serve_jobs(jobs: queue.SimpleQueue) -> None:
+    while (job := jobs.get()) is not None:
+        fn, args, done = job
+        try:
+            done.set_result(fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            done.set_exception(exc)
+        del job, fn, args, done  # hold no reference into the next wait
 
 
 ENGINE = OpenVINOEngine

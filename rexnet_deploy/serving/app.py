@@ -41,6 +41,7 @@ log = logging.getLogger("rexnet_deploy.serving")
 NPY = "application/x-npy"
 DEFAULT_MAX_BODY = 16 * 1024 * 1024  # a large photo fits; a float32 224x224 tensor is 0.6 MB as .npy, ~3 MB as JSON
 MAX_TOPK = 1000
+DEFAULT_BODY_TIMEOUT = 30.0  # seconds from the headers to the end of the body (serve --body-timeout)
 
 
 class BodyTooLarge(RexnetDeployError):
@@ -78,12 +79,24 @@ def _error(status: int, message: str, kind: str) -> JSONResponse:
 
 async def _read_body(request: Request, limit: int) -> bytes:
     """The body, refused with 413 as soon as it is known to pass ``limit`` (declared length first,
-    then counted while streaming, for chunked uploads)."""
+    then counted while streaming, for chunked uploads), and with 408 when it has not all arrived
+    ``body_timeout`` seconds after the headers (``app.state.body_timeout``; a client that stops
+    sending half-way holds no task, memory or connection past it)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(f"request body of {int(declared)} bytes is over the limit of {limit} bytes")
+    timeout = getattr(request.app.state, "body_timeout", DEFAULT_BODY_TIMEOUT)
+    deadline = time.monotonic() + timeout
     chunks, size = [], 0
-    async for chunk in request.stream():
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), max(0.0, deadline - time.monotonic()))
+        except StopAsyncIteration:
+            break
+        except asyncio.TimeoutError:
+            raise RequestError(408, f"the request body did not arrive within {timeout:g} s "
+                                    f"({size} bytes received)") from None
         size += len(chunk)
         if size > limit:
             raise BodyTooLarge(f"request body is over the limit of {limit} bytes")
@@ -203,10 +216,14 @@ def create_app(service: Service | str | os.PathLike, *, max_body_bytes: int = DE
         return JSONResponse({"outputs": {n: o.tolist() for n, o in zip(service.engine.output_names, outputs)}})
 
     async def healthz(request: Request) -> Response:
-        return JSONResponse(service.describe(), status_code=200 if service.ready else 503)
+        """200 when ready; 503 (+ Retry-After) while loading, draining or stopped."""
+        ready = service.ready
+        return JSONResponse(service.describe(), status_code=200 if ready else 503,
+                            headers=None if ready else {"Retry-After": "1"})
 
     async def metrics_page(request: Request) -> Response:
-        data, content_type = metrics.render()
+        # several workers: reads every worker's files, so not on the event loop
+        data, content_type = await asyncio.to_thread(metrics.render) if metrics.multiprocess else metrics.render()
         return Response(data, headers={"Content-Type": content_type})
 
     async def http_error(request: Request, exc: Exception) -> Response:  # 404, 405 as JSON too
@@ -215,11 +232,15 @@ def create_app(service: Service | str | os.PathLike, *, max_body_bytes: int = DE
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await asyncio.to_thread(service.start)
+        # a service that ``serve`` is loading in the background (state "loading") is not waited
+        # for: the server listens at once and answers 503 until it is ready
+        if service.state == "stopped":
+            await asyncio.to_thread(service.start)
         try:
             yield
         finally:
             await asyncio.to_thread(service.stop)
+            metrics.process_exited()
 
     from .oip import oip_routes  # here, not at the top: oip imports this module's helpers
 
@@ -238,4 +259,7 @@ def app_from_env() -> Starlette:
     """uvicorn's factory for ``serve --workers N``: each worker process builds its own app (and
     loads its own engine) from the JSON settings the CLI left in ``REXNET_DEPLOY_SERVE``."""
     settings = json.loads(os.environ["REXNET_DEPLOY_SERVE"])
-    return create_app(settings.pop("engine"), **settings)
+    body_timeout = settings.pop("body_timeout", DEFAULT_BODY_TIMEOUT)
+    app = create_app(settings.pop("engine"), **settings)
+    app.state.body_timeout = body_timeout
+    return app

@@ -1,8 +1,16 @@
 """Prometheus metrics of one serving app, on its own ``CollectorRegistry``: the global registry
-would make a second app in the same process (tests, several engines) fail on duplicate names."""
+would make a second app in the same process (tests, several engines) fail on duplicate names.
+
+``serve --workers N`` runs N processes, and a scrape reaches one of them. There the metrics use
+prometheus_client's multiprocess mode: the supervisor points ``PROMETHEUS_MULTIPROC_DIR`` at a
+private folder before the workers start (each worker's values live in files there), and every
+worker's ``/metrics`` renders all the workers' files: counters and histograms summed over the
+workers (those of a worker that died included), the queue depth summed over the live ones.
+"""
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -10,6 +18,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 # request latency: the service answers in milliseconds at batch 1 and up to ~1 s when queued behind batches
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_dir() -> str | None:
+    """The folder of multiprocess mode (``serve --workers N`` sets it for its workers), or None."""
+    return os.environ.get(MULTIPROC_ENV) or None
 
 
 class ServingMetrics:
@@ -30,15 +44,38 @@ class ServingMetrics:
                               registry=r)
         self.batch_latency = Histogram("rexnet_batch_latency_seconds", "Engine time per batch",
                                        buckets=LATENCY_BUCKETS, registry=r)
-        self.queue_depth = Gauge("rexnet_queue_depth", "Requests waiting for a batch", registry=r)
-        self.queue_depth.set_function(queue_depth)
+        self._depth = queue_depth
+        self.multiprocess = multiprocess_dir() is not None
+        # one process: read at scrape time. Several: a gauge callback would only see the scraped
+        # worker, so each worker writes its depth (after every batch, and at a scrape it answers)
+        # and the scrape sums the live workers' values
+        self.queue_depth = Gauge("rexnet_queue_depth", "Requests waiting for a batch", registry=r,
+                                 multiprocess_mode="livesum")
+        if not self.multiprocess:
+            self.queue_depth.set_function(queue_depth)
 
     def on_batch(self, n: int, size: int, seconds: float) -> None:
         """The batcher's hook (called from its worker thread; prometheus_client is thread-safe)."""
         self.batch_size.observe(n)
         self.padded.inc(size - n)
         self.batch_latency.observe(seconds)
+        if self.multiprocess:
+            self.queue_depth.set(self._depth())
 
     def render(self) -> tuple[bytes, str]:
-        """The text exposition format, and its content type."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        """The text exposition format, and its content type; every worker's under ``--workers N``."""
+        if not self.multiprocess:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        from prometheus_client import multiprocess
+
+        self.queue_depth.set(self._depth())
+        everyone = CollectorRegistry()
+        multiprocess.MultiProcessCollector(everyone)
+        return generate_latest(everyone), CONTENT_TYPE_LATEST
+
+    def process_exited(self) -> None:
+        """This worker stops: its queue depth leaves the live sum (its counts stay in the totals)."""
+        if self.multiprocess:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid())

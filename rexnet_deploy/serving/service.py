@@ -1,11 +1,15 @@
 """``Service``: an engine, its batcher and its metrics, started (loaded + warmed) and stopped as one.
-The HTTP app (:mod:`.app`) is a thin layer over it; it needs no web framework itself."""
+The HTTP app (:mod:`.app`) is a thin layer over it; it needs no web framework itself.
+
+States: stopped → loading → ready → draining → stopped. Only ``ready`` takes requests; the app
+answers 503 in every other one, so ``serve`` can listen while the engine loads
+(``start_in_background``) and keep answering while it drains (``begin_drain``)."""
 
 from __future__ import annotations
 
 import os
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from .batcher import Batcher
 from .metrics import ServingMetrics
@@ -32,6 +36,7 @@ class Service:
         self.warmed: list[int] = []
         self.state = "stopped"  # stopped → loading → ready → draining → stopped
         self._lock = threading.Lock()
+        self._drain_requested = False  # begin_drain() while loading: never become ready
 
     @property
     def ready(self) -> bool:
@@ -58,8 +63,34 @@ class Service:
                 self.state = "stopped"
                 self._close_engine()
                 raise
-            self.state = "ready"
+            self.state = "draining" if self._drain_requested else "ready"
             return self
+
+    def start_in_background(self, done: Callable[[BaseException | None], None]) -> threading.Thread:
+        """``start`` in a thread; the service says ``loading`` from this call on (so an app over it
+        answers 503, not a refused connection) and ``done(error or None)`` is called at the end."""
+        with self._lock:
+            if self.state == "stopped":
+                self.state = "loading"
+
+        def run() -> None:
+            try:
+                self.start()
+            except BaseException as exc:  # noqa: BLE001 - handed to done()
+                done(exc)
+            else:
+                done(None)
+
+        thread = threading.Thread(target=run, name="rexnet-load", daemon=True)
+        thread.start()
+        return thread
+
+    def begin_drain(self) -> None:
+        """Take no new requests (the app answers 503) while those already queued are answered;
+        ``stop`` finishes the job. Called at SIGTERM, before the server stops listening."""
+        self._drain_requested = True
+        if self.state == "ready":
+            self.state = "draining"
 
     def stop(self, drain: bool = True) -> None:
         """Refuse new requests, answer (or cancel) the queued ones, close what we opened."""
