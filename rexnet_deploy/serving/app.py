@@ -34,26 +34,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..engine import topk_predictions
-from ..errors import InputError, Overloaded, RexnetDeployError, ServiceClosed, UsageError, one_line
+from ..errors import InputError, Overloaded, ServiceClosed, UsageError, one_line
+from .oip import oip_routes
+from .request_body import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_BODY, BodyTooLarge, RequestError, media_type, read_body
 from .service import Service
 
 log = logging.getLogger("rexnet_deploy.serving")
 NPY = "application/x-npy"
-DEFAULT_MAX_BODY = 16 * 1024 * 1024  # a large photo fits; a float32 224x224 tensor is 0.6 MB as .npy, ~3 MB as JSON
 MAX_TOPK = 1000
-DEFAULT_BODY_TIMEOUT = 30.0  # seconds from the headers to the end of the body (serve --body-timeout)
-
-
-class BodyTooLarge(RexnetDeployError):
-    """A request body over the app's limit (HTTP 413)."""
-
-
-class RequestError(RexnetDeployError):
-    """A bad HTTP request (its status is 4xx), beyond bad input data."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def _status_of(exc: BaseException) -> int:
@@ -77,40 +65,9 @@ def _error(status: int, message: str, kind: str) -> JSONResponse:
     return JSONResponse({"error": message, "type": kind}, status_code=status, headers=headers)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it is known to pass ``limit`` (declared length first,
-    then counted while streaming, for chunked uploads), and with 408 when it has not all arrived
-    ``body_timeout`` seconds after the headers (``app.state.body_timeout``; a client that stops
-    sending half-way holds no task, memory or connection past it)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge(f"request body of {int(declared)} bytes is over the limit of {limit} bytes")
-    timeout = getattr(request.app.state, "body_timeout", DEFAULT_BODY_TIMEOUT)
-    deadline = time.monotonic() + timeout
-    chunks, size = [], 0
-    stream = request.stream().__aiter__()
-    while True:
-        try:
-            chunk = await asyncio.wait_for(stream.__anext__(), max(0.0, deadline - time.monotonic()))
-        except StopAsyncIteration:
-            break
-        except asyncio.TimeoutError:
-            raise RequestError(408, f"the request body did not arrive within {timeout:g} s "
-                                    f"({size} bytes received)") from None
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"request body is over the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _media_type(request: Request) -> str:
-    return request.headers.get("content-type", "").split(";")[0].strip().lower()
-
-
 async def _image_bytes(request: Request, limit: int) -> bytes:
-    body = await _read_body(request, limit)
-    kind = _media_type(request)
+    body = await read_body(request, limit)
+    kind = media_type(request)
     if kind == "multipart/form-data":
         async def replay() -> dict[str, Any]:  # the form parser reads the (already limited) body again
             return {"type": "http.request", "body": body, "more_body": False}
@@ -201,8 +158,8 @@ def create_app(service: Service | str | os.PathLike, *, max_body_bytes: int = DE
         return JSONResponse({"predictions": [p.to_dict() for p in preds]})
 
     async def infer(request: Request) -> Response:
-        body = await _read_body(request, max_body_bytes)
-        x = _tensor(body, _media_type(request))
+        body = await read_body(request, max_body_bytes)
+        x = _tensor(body, media_type(request))
         if x.dtype.kind != "f":  # the batcher would take a uint8 array for an image: not here
             raise InputError(f"/v1/infer takes a float32 tensor, got {x.dtype} (send images to /v1/predict)")
         out = await service.batcher.submit_async(x)
@@ -241,8 +198,6 @@ def create_app(service: Service | str | os.PathLike, *, max_body_bytes: int = DE
         finally:
             await asyncio.to_thread(service.stop)
             metrics.process_exited()
-
-    from .oip import oip_routes  # here, not at the top: oip imports this module's helpers
 
     app = Starlette(routes=[
         Route("/v1/predict", endpoint("predict", predict), methods=["POST"]),

@@ -6,7 +6,7 @@ serve-extra check, because it imports uvicorn):
   nothing, held its connection (and task) forever. Here the headers must be complete within
   ``header_timeout`` seconds of the connection (or of the request's first byte on a kept-alive
   connection), else 408 and close; the body has ``body_timeout`` seconds (the app answers 408,
-  see ``app._read_body``), and a request answered before its body was all read (408, 413) has
+  see ``request_body.read_body``), and a request answered before its body was all read (408, 413) has
   ``body_timeout`` more seconds to finish sending it before the connection is closed.
 * ``DrainingServer``: at SIGINT/SIGTERM the service drains *before* uvicorn stops listening: new
   requests get 503 + Retry-After with ``Connection: close``, the requests in flight at the signal
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from .app import DEFAULT_BODY_TIMEOUT
+from .request_body import DEFAULT_BODY_TIMEOUT
 
 if TYPE_CHECKING:  # pragma: no cover
     from .service import Service

@@ -42,8 +42,8 @@ from starlette.routing import Route
 
 from .. import __version__
 from ..errors import InputError, RexnetDeployError
-from .app import RequestError, _read_body
 from .inputs import json_body, json_tensor
+from .request_body import RequestError, read_body
 from .service import Service
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -136,7 +136,7 @@ def oip_routes(service: Service, endpoint: Endpoint, max_body_bytes: int) -> lis
         if request.headers.get("content-encoding", "identity").lower() not in ("", "identity"):
             raise RequestError(415, f"Content-Encoding {request.headers['content-encoding']} is not supported: "
                                     "send the request uncompressed")
-        body = await _read_body(request, max_body_bytes)
+        body = await read_body(request, max_body_bytes)
         doc, x = parse_request(body, request.headers.get(HEADER_LENGTH), m)
         rows = await asyncio.gather(*[service.batcher.submit_async(x[i]) for i in range(len(x))])
         # one row per request row; a multi-output head gives a tuple per row

@@ -73,7 +73,8 @@ def serve(engine_path: str | os.PathLike, *, host: str = "127.0.0.1", port: int 
     require_serve_extra()
     import uvicorn
 
-    from .app import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_BODY, create_app
+    from .app import create_app
+    from .request_body import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_BODY
     from .connections import DEFAULT_HEADER_TIMEOUT, DrainingServer, TimedHttpToolsProtocol
     from .service import Service
 
