@@ -1,6 +1,7 @@
 """Smoke run of ``benchmarks/serve_load.py`` with tiny counts: every load (OIP over tritonclient,
 /v1/infer .npy, Locust, the in-process Batcher) runs against a real ``serve`` on 127.0.0.1 and
-reports figures. The figures themselves are the script's full run (docs/serving.md), not this."""
+reports figures, and fails on any failed request (Locust's failure count, a tritonclient error). The
+figures themselves are the script's full run (docs/serving.md), not this. Long tier (~25 s): CI runs it."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent / "serve_load.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "serve_load.py"
+pytestmark = pytest.mark.long
 
 
 def test_serve_load_smoke(tmp_path):
