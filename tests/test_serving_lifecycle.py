@@ -290,7 +290,7 @@ def _client_loop(base: str, body: bytes, stop: threading.Event, records: list) -
 
 
 @pytest.mark.long
-@pytest.mark.parametrize("artifact", ["ort_path", "ov_fp32_path", "ov_int8_path", "pt2_fp32_path"])
+@pytest.mark.parametrize("artifact", ["ort_path", "ov_fp32_path", "ov_int8_path", "pt2_fp32_path", "ts_engine_path"])
 def test_sigterm_under_load_answers_every_request_and_exits_0(artifact, request):
     """16 clients sending back to back; SIGTERM after 1.5 s. Every request sent before the signal
     is answered (200, or 503 when the server read it after the signal), later ones get 503 or a
