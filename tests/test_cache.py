@@ -98,6 +98,18 @@ def _cached_files(folder: Path) -> list[Path]:
                   if p.is_file() and not p.name.startswith(".") and not p.name.endswith(RECORD_SUFFIX))
 
 
+def _uncached_answer_and_cache(artifact, cache_root, x):
+    """The engine's answer without a cache, and the cache folder a run with ``cache_root`` filled."""
+    from rexnet_deploy import Engine
+
+    with Engine.load(artifact) as plain:
+        want = plain(x)
+    with Engine.load(artifact, cache_dir=cache_root) as e:
+        folder = e.cache_folder
+        e(x)
+    return want, folder
+
+
 def _checked_again(folder: Path) -> None:
     """Every cached file now matches its record: a third load warns about nothing."""
     from rexnet_deploy.artifact import file_sha256
@@ -112,11 +124,7 @@ def test_openvino_damaged_cache_never_changes_an_answer(ov_fp32_path, tmp_path, 
     from rexnet_deploy import Engine
 
     x = _batch(1)
-    with Engine.load(ov_fp32_path) as plain:
-        want = plain(x)
-    with Engine.load(ov_fp32_path, cache_dir=tmp_path) as e:
-        folder = e.cache_folder
-        e(x)
+    want, folder = _uncached_answer_and_cache(ov_fp32_path, tmp_path, x)
     blobs = _cached_files(folder)
     assert blobs
     for blob in blobs:
@@ -137,11 +145,7 @@ def test_openvino_unrecorded_blob_is_not_used(ov_fp32_path, tmp_path, caplog):
     from rexnet_deploy.cache import RECORD_SUFFIX
 
     x = _batch(1)
-    with Engine.load(ov_fp32_path) as plain:
-        want = plain(x)
-    with Engine.load(ov_fp32_path, cache_dir=tmp_path) as e:
-        folder = e.cache_folder
-        e(x)
+    want, folder = _uncached_answer_and_cache(ov_fp32_path, tmp_path, x)
     for record in folder.glob("*" + RECORD_SUFFIX):
         record.unlink()
     for blob in _cached_files(folder):
@@ -158,10 +162,7 @@ def test_onnxruntime_damaged_cache_never_changes_an_answer(ort_path, tmp_path, c
     from rexnet_deploy import Engine
 
     x = _batch(1)
-    with Engine.load(ort_path) as plain:
-        want = plain(x)
-    with Engine.load(ort_path, cache_dir=tmp_path) as e:
-        folder = e.cache_folder
+    want, folder = _uncached_answer_and_cache(ort_path, tmp_path, x)
     cached = _cached_files(folder)
     assert [p.name for p in cached] == ["optimized.onnx"]
     _damage(cached[0])
@@ -184,11 +185,7 @@ def test_damaged_file_that_cannot_be_removed_is_not_read(backend, ov_fp32_path, 
 
     artifact = ov_fp32_path if backend == "openvino" else ort_path
     x = _batch(1)
-    with Engine.load(artifact) as plain:
-        want = plain(x)
-    with Engine.load(artifact, cache_dir=tmp_path) as e:
-        folder = e.cache_folder
-        e(x)
+    want, folder = _uncached_answer_and_cache(artifact, tmp_path, x)
     for path in _cached_files(folder):
         _damage(path)
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import re
 import signal
 import socket
 import subprocess
@@ -23,6 +22,7 @@ import pytest
 from rexnet_deploy.errors import ImageError, InputError, Overloaded, ServiceClosed, UsageError
 
 from .conftest import build_artifact, expect_error, run_cli, without_module
+from .serve_process import start, wait_ready
 
 pytest.importorskip("onnxruntime")
 ATOL = 1e-4  # a row's logits may differ in the last bits between batch sizes (other kernels)
@@ -469,36 +469,12 @@ def test_serve_refuses_bad_engine_and_busy_port(ort_path, tmp_path):
 
 def _start_serve(ort_path, *extra: str) -> tuple[subprocess.Popen, str]:
     """``rexnet-deploy serve`` on 127.0.0.1, port 0 (the OS picks a free one; serve announces it)."""
-    exe = Path(sys.executable).parent / "rexnet-deploy"
-    proc = subprocess.Popen([str(exe), "serve", str(ort_path), "--host", "127.0.0.1", "--port", "0", *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    line = ""
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line and proc.poll() is not None:
-            break
-        match = re.search(r"on http://(127\.0\.0\.1:\d+)", line)
-        if match:
-            # keep reading stderr (uvicorn's log) so the pipe never fills and blocks the server
-            threading.Thread(target=proc.stderr.read, daemon=True).start()
-            return proc, f"http://{match.group(1)}"
-    proc.kill()
-    raise AssertionError(f"serve did not announce its address: {line!r} {proc.stderr.read()[-2000:]!r}")
+    proc, base, _ = start(ort_path, *extra)
+    return proc, base
 
 
 def _wait_ready(httpx, base: str, proc) -> dict:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "serve exited before it was ready"
-        try:
-            r = httpx.get(f"{base}/healthz", timeout=5)
-            if r.status_code == 200:
-                return r.json()
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("serve never became ready")
+    return wait_ready(base, proc)
 
 
 def _stop(proc) -> int:

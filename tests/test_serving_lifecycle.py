@@ -6,7 +6,6 @@ and exits 0; ``--workers 2`` scrapes show every worker's counts. Real ``serve`` 
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import socket
@@ -21,6 +20,7 @@ import numpy as np
 import pytest
 
 from .conftest import build_artifact
+from .serve_process import kill, start, wait_ready
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
@@ -34,48 +34,6 @@ def _npy(seed: int = 0) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.random.default_rng(seed).standard_normal((3, 224, 224), dtype=np.float32))
     return buf.getvalue()
-
-
-def _start(artifact: Path, *extra: str, env: dict | None = None) -> tuple[subprocess.Popen, str, list[str]]:
-    """``rexnet-deploy serve`` on 127.0.0.1:0; returns at its first line naming the address, with
-    the lines it has printed (a thread keeps collecting stderr, so the pipe never fills)."""
-    exe = Path(sys.executable).parent / "rexnet-deploy"
-    proc = subprocess.Popen([str(exe), "serve", str(artifact), "--host", "127.0.0.1", "--port", "0", *extra],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=None if env is None else {**os.environ, **env})
-    lines: list[str] = []
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line and proc.poll() is not None:
-            break
-        lines.append(line)
-        match = re.search(r"on http://(127\.0\.0\.1:\d+)", line)
-        if match:
-            threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True).start()
-            return proc, f"http://{match.group(1)}", lines
-    proc.kill()
-    raise AssertionError(f"serve did not announce its address: {''.join(lines)[-2000:]}")
-
-
-def _wait_ready(base: str, proc: subprocess.Popen, client=httpx) -> dict:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "serve exited before it was ready"
-        try:
-            r = client.get(f"{base}/healthz", timeout=10)
-            if r.status_code == 200:
-                return r.json()
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError("serve never became ready")
-
-
-def _kill(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait(30)
 
 
 # -- defect 1: OpenVINO and signals ----------------------------------------------------------------
@@ -104,7 +62,7 @@ def ov_server(ov_fp32_path):
     """A ``serve`` of the OpenVINO FP32 artifact with 1 s header and body timeouts and a 2 s
     batching delay (so requests provably wait in the queue); ``early`` holds what /healthz and
     /v1/infer answered right after the "listening" line, before the engine was warm."""
-    proc, base, lines = _start(ov_fp32_path, "--max-batch", "8", "--max-delay-ms", "2000", "--header-timeout", "1",
+    proc, base, lines = start(ov_fp32_path, "--max-batch", "8", "--max-delay-ms", "2000", "--header-timeout", "1",
                                "--body-timeout", "1", "--log-level", "warning")
     try:
         early: list = []  # the answers, or why there was none (a refused connection, before)
@@ -115,10 +73,10 @@ def ov_server(ov_fp32_path):
                     early.append(send())
                 except httpx.TransportError as exc:
                     early.append(exc)
-        info = _wait_ready(base, proc)
+        info = wait_ready(base, proc)
         yield {"proc": proc, "base": base, "lines": lines, "early": early, "info": info}
     finally:
-        _kill(proc)
+        kill(proc)
 
 
 def test_serve_listens_at_once_and_answers_503_while_loading(ov_server):
@@ -236,7 +194,7 @@ def test_workers_metrics_count_every_worker(ort_path, tmp_path):
     worker answers it, counts all 20 (it said one worker's share before)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    proc, base, lines = _start(ort_path, "--workers", "2", "--threads", "1", "--max-batch", "2",
+    proc, base, lines = start(ort_path, "--workers", "2", "--threads", "1", "--max-batch", "2",
                                "--log-level", "warning", env={"TMPDIR": str(tmp_path)})
     try:
         pids, deadline = set(), time.monotonic() + 120
@@ -270,7 +228,7 @@ def test_workers_metrics_count_every_worker(ort_path, tmp_path):
         try:
             code = proc.wait(60)
         finally:
-            _kill(proc)
+            kill(proc)
     assert code == 0
     assert not list(tmp_path.glob("rexnet-serve-metrics-*"))  # the workers' metrics folder went with them
 
@@ -296,10 +254,10 @@ def test_sigterm_under_load_answers_every_request_and_exits_0(artifact, request)
     is answered (200, or 503 when the server read it after the signal), later ones get 503 or a
     refused/closed connection, and the server exits 0. Prints the time from SIGTERM to exit."""
     path = request.getfixturevalue(artifact)
-    proc, base, lines = _start(path, "--max-batch", "8", "--log-level", "warning")
+    proc, base, lines = start(path, "--max-batch", "8", "--log-level", "warning")
     stop, records = threading.Event(), []
     try:
-        _wait_ready(base, proc)
+        wait_ready(base, proc)
         body = _npy(4)
         clients = [threading.Thread(target=_client_loop, args=(base, body, stop, records)) for _ in range(16)]
         for c in clients:
@@ -315,7 +273,7 @@ def test_sigterm_under_load_answers_every_request_and_exits_0(artifact, request)
             c.join(60)
     finally:
         stop.set()
-        _kill(proc)
+        kill(proc)
     before = [o for t0, _, o in records if t0 < t_signal]
     after = [o for t0, _, o in records if t0 >= t_signal]
     assert code == 0, "".join(lines)[-3000:]
