@@ -17,7 +17,7 @@ from ..preprocess import preprocess_batch
 from ..synthetic import synthetic_images
 from .labelsets import has_wnid_folders, labels_for, read_labels_csv
 from .metrics import Comparison, evaluate_gate, gate_thresholds
-from .report import summary
+from .report import calibration_note, summary
 
 Reference = Callable[[np.ndarray], list]
 
@@ -134,6 +134,8 @@ def check(
         "n_images": comparison.n,
         "skipped": [{"file": f, "reason": r} for f, r in skipped],
         "labels": label_source,
+        # which calibration sample made an INT8 engine: its agreement moves by points with another sample
+        **({"calibration": calibration_note(engine.manifest.calibration)} if engine.manifest.calibration else {}),
         "metrics": metrics,
         "labelled": comparison.labelled_accuracy(),
         "gate": evaluate_gate(metrics, thresholds),

@@ -61,6 +61,28 @@ class _OutputStats:
 
 
 DECISIVE_MARGIN = 0.1  # reference top-1 minus top-2 logit
+Z95 = 1.959963984540054  # the standard normal's 97.5% quantile: a two-sided 95% interval
+
+
+def wilson_interval(hits: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of the proportion ``hits / n`` (95% by default).
+
+    Agreement on a few hundred photos moves by points between calibration samples and runs, so a
+    proportion is reported with its interval. Wilson's rather than the normal approximation's: it
+    stays inside [0, 1] and is not zero-width at 0 or 1 (200 of 200 agreeing reads 0.981–1.000)."""
+    if n <= 0 or not 0 <= hits <= n:
+        raise ValueError(f"need 0 <= hits <= n and n > 0, got {hits} of {n}")
+    p, z2 = hits / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    # exact ends at 0 and n (the closed form gives them up to rounding)
+    return (0.0 if hits == 0 else max(0.0, centre - half)), (1.0 if hits == n else min(1.0, centre + half))
+
+
+def _ci95(hits: int, n: int) -> list[float] | None:
+    """[lo, hi] for the report (a list: what JSON reads back), None where there is no proportion."""
+    return list(wilson_interval(hits, n)) if n else None
+
 
 
 class Comparison:
@@ -130,6 +152,13 @@ class Comparison:
             "decisive_images": self.decisive_n if self.classify else None,
             **worst,
         }
+        if self.classify:  # each proportion's 95% interval for its photo count (n_images; decisive_images)
+            metrics.update({
+                "top1_agreement_ci95": _ci95(self.top1_hits, self.n),
+                "top5_agreement_ci95": _ci95(self.top5_hits, self.n),
+                "top2_containment_ci95": _ci95(self.top2_hits, self.n),
+                "top1_agreement_decisive_ci95": _ci95(self.decisive_hits, self.decisive_n),
+            })
         if len(per_output) > 1:
             metrics["per_output"] = per_output
         return metrics
@@ -175,5 +204,7 @@ def evaluate_gate(metrics: dict[str, Any], thresholds: dict[str, float]) -> dict
         ok = value <= bound if key == "max_abs_err" else value >= bound  # NaN fails both
         if not ok:
             op = "<=" if key == "max_abs_err" else ">="
-            failures.append(f"{key} {value:.6g} (needs {op} {bound:g})")
+            ci = metrics.get(f"{key}_ci95")  # an agreement's interval: the gate still reads the value alone
+            where = f"95% CI {ci[0]:.3f}–{ci[1]:.3f}; " if ci else ""
+            failures.append(f"{key} {value:.6g} ({where}needs {op} {bound:g})")
     return {"passed": not failures, "thresholds": thresholds, "failures": failures}

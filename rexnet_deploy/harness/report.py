@@ -27,39 +27,112 @@ def _fmt(v: Any, digits: int = 4) -> str:
 
 
 SUMMARY_KEYS = ("top1_agreement", "top1_agreement_decisive", "top2_containment", "cosine_mean", "cosine_min", "sqnr_db")
+# (top-1 agreement, its decisive subset, top-2 containment: the proportions reported with an interval)
+AGREEMENT_KEYS = ("top1_agreement", "top1_agreement_decisive", "top2_containment")
+STEADY_NOTE = "agreement moves with the calibration sample; SQNR and min cosine are the steady figures"
+
+
+def ci95(metrics: dict[str, Any], key: str, n: int | None) -> list[float] | None:
+    """The 95% Wilson interval of the proportion ``metrics[key]`` over ``n`` images: the one the
+    report stored, else (a report written before intervals were) from the value and ``n``."""
+    stored = metrics.get(f"{key}_ci95")
+    if stored is not None:
+        return list(stored)
+    value = metrics.get(key)
+    if value is None or not n or not 0.0 <= value <= 1.0:
+        return None
+    from .metrics import wilson_interval
+
+    return list(wilson_interval(round(value * n), n))  # value is hits / n: round() gives the hits back
+
+
+def _count(metrics: dict[str, Any], key: str, n: int | None) -> int | None:
+    """The images a proportion is over: the decisive ones for decisive agreement, else all."""
+    return metrics.get("decisive_images") if key == "top1_agreement_decisive" else n
+
+
+def agreement_text(value: float | None, ci: list[float] | None, n: int | None, *, label: bool = True) -> str:
+    """``0.9450 (95% CI 0.904–0.969, n=200)``: a proportion with its interval and photo count."""
+    if value is None:
+        return "–"
+    if ci is None:
+        return _fmt(value) + (f" (n={n})" if n else "")
+    return f"{_fmt(value)} ({'95% CI ' if label else ''}{ci[0]:.3f}–{ci[1]:.3f}" + (f", n={n})" if n else ")")
+
+
+def _sqnr(metrics: dict[str, Any]) -> str:
+    """SQNR in dB; a null in a report read back from JSON is an infinite SQNR (identical outputs)."""
+    value = metrics.get("sqnr_db")
+    return _fmt(math.inf if value is None and "sqnr_db" in metrics else value, 2)
+
+
+def calibration_note(record: dict[str, Any]) -> dict[str, Any]:
+    """What a check report keeps of the manifest's calibration record: which sample made the engine."""
+    return {k: record.get(k) for k in ("source", "n", "seed", "list_sha256")}
+
+
+def fidelity_line(report: dict[str, Any], *, calibration: bool = True) -> str:
+    """A check/eval report's figures on one line, the steady ones first (SQNR, the worst-case
+    cosine), then each agreement with its 95% interval, then an INT8 engine's calibration sample."""
+    m, n = report["metrics"], report["n_images"]
+    parts = [f"SQNR {_sqnr(m)} dB", f"min cosine {_fmt(m.get('cosine_min'), 6)}"]
+    for key, name in zip(AGREEMENT_KEYS, ("top-1 agreement", "decisive agreement", "top-2 containment")):
+        if m.get(key) is not None:
+            count = _count(m, key, n)
+            parts.append(f"{name} {agreement_text(m[key], ci95(m, key, count), count)}")
+    cal = report.get("calibration")
+    if calibration and cal:
+        parts.append(f"calibration seed {cal.get('seed')} ({cal.get('n')} images)")
+    return ", ".join(parts)
 
 
 def summary(report: dict[str, Any]) -> dict[str, Any]:
     """The fidelity figures of a check report, with where its images came from."""
     src = report["images"]
     where = src.get("path") or (f"held-out photos of {src['held_out_of']}" if src.get("held_out_of") else src["kind"])
-    return {"images": where, "n": report["n_images"],
-            **{k: report["metrics"].get(k) for k in SUMMARY_KEYS},
+    m, n = report["metrics"], report["n_images"]
+    cal = report.get("calibration") or {}
+    return {"images": where, "n": n,
+            **{k: m.get(k) for k in SUMMARY_KEYS},
             "labelled_top1": (report.get("labelled") or {}).get("engine_top1"),
             "labelled_reference_top1": (report.get("labelled") or {}).get("reference_top1"),
-            "cpu_isa": (report.get("host") or {}).get("cpu_isa")}
+            "cpu_isa": (report.get("host") or {}).get("cpu_isa"),
+            # added after the keys above (readers of older summaries find those where they were)
+            **{f"{k}_ci95": ci95(m, k, _count(m, k, n)) for k in AGREEMENT_KEYS},
+            "decisive_images": m.get("decisive_images"),
+            "calibration_seed": cal.get("seed"), "calibration_images": cal.get("n")}
 
 
 def check_markdown(report: dict[str, Any]) -> str:
     m = report["metrics"]
+    n = report["n_images"]
     src = report["images"]
     where = src.get("path") or (f"{src['n']} synthetic images (seed {src['seed']})" if src["kind"] == "synthetic" else "files")
+    cal = report.get("calibration")
     lines = [
         f"### check: {report['model']} {report['engine']['backend']}/{report['engine']['precision']} vs FP32 reference"
         + (f" (the engine's graph emulated on {report['engine']['emulation']})" if report["engine"].get("emulation") else ""),
-        f"{report['n_images']} images from {where}" + (f", {len(report['skipped'])} skipped" if report["skipped"] else "")
+        f"{n} images from {where}" + (f", {len(report['skipped'])} skipped" if report["skipped"] else "")
         + (f"; CPU {report['host']['cpu_isa']}" if report.get("host") else ""),
+        *([f"calibration: {cal.get('n')} images of {cal.get('source')}, seed {cal.get('seed')} ({STEADY_NOTE})"]
+          if cal else []),
         "",
-        "| metric | value |",
-        "|---|---|",
+        "| metric | value | 95% CI (images) |",
+        "|---|---|---|",
     ]
-    for key in ("top1_agreement", "top1_agreement_decisive", "top2_containment", "top5_agreement", "cosine_mean",
-                "cosine_min", "sqnr_db", "max_abs_err"):
-        if m.get(key) is not None or key == "sqnr_db":
-            value = m.get(key)
-            if key == "sqnr_db" and value is None:
-                value = math.inf
-            lines.append(f"| {key} | {_fmt(value, 6 if 'cosine' in key else 4)} |")
+    # the steady figures first; then the proportions, each with its interval for the photo count
+    for key in ("sqnr_db", "cosine_min", "cosine_mean", "max_abs_err", "top1_agreement", "top1_agreement_decisive",
+                "top2_containment", "top5_agreement"):
+        if key == "sqnr_db":
+            lines.append(f"| sqnr_db | {_sqnr(m)} | |")
+        elif m.get(key) is not None:
+            value = _fmt(m[key], 6 if "cosine" in key else 4)
+            if key in AGREEMENT_KEYS or key == "top5_agreement":
+                count = _count(m, key, n)
+                ci = ci95(m, key, count)
+                lines.append(f"| {key} | {value} |" + (f" {ci[0]:.3f}–{ci[1]:.3f} (n={count}) |" if ci else " |"))
+            else:
+                lines.append(f"| {key} | {value} | |")
     lab = report.get("labelled")
     if lab:
         lines += ["", f"labelled ({lab['n']} images, labels from {report['labels']}):", "",
@@ -87,13 +160,26 @@ def _qad_line(q: dict[str, Any]) -> str:
 
 def fidelity_markdown(rows: dict[str, dict[str, Any]]) -> str:
     """One row per image set (held-out calibration photos, unseen evaluation photos, ...): the
-    figures side by side, because agreement on in-distribution photos reads high."""
-    lines = ["| figures | images | n | top-1 agr. | decisive | top-2 cont. | mean cos | min cos | SQNR dB | labelled top-1 |",
+    figures side by side, because agreement on in-distribution photos reads high. The steady
+    figures (SQNR, min cosine) lead; each agreement carries its 95% interval for the photo count."""
+    lines = ["| figures | images | n | SQNR dB | min cos | mean cos | top-1 agr. (95% CI) | decisive (95% CI, n) | "
+             "top-2 cont. (95% CI) | labelled top-1 |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    seeds = set()
     for name, r in rows.items():
-        lines.append(f"| {name} | {r['images']} | {r['n']} | {_fmt(r['top1_agreement'])} | "
-                     f"{_fmt(r['top1_agreement_decisive'])} | {_fmt(r['top2_containment'])} | {_fmt(r['cosine_mean'], 6)} | "
-                     f"{_fmt(r['cosine_min'], 6)} | {_fmt(r['sqnr_db'], 2)} | {_fmt(r['labelled_top1'])} |")
+        cells = []
+        for key in AGREEMENT_KEYS:  # (a summary stored before the interval keys: derived from value and n)
+            decisive = key == "top1_agreement_decisive"
+            count = r.get("decisive_images") if decisive else r.get("n")
+            cells.append(agreement_text(r.get(key), ci95(r, key, count), count if decisive else None, label=False))
+        lines.append(f"| {name} | {r['images']} | {r['n']} | {_fmt(r.get('sqnr_db'), 2)} | "
+                     f"{_fmt(r.get('cosine_min'), 6)} | {_fmt(r.get('cosine_mean'), 6)} | {' | '.join(cells)} | "
+                     f"{_fmt(r.get('labelled_top1'))} |")
+        if r.get("calibration_seed") is not None:
+            seeds.add((r.get("calibration_images"), r["calibration_seed"]))
+    if seeds:
+        lines += ["", "calibration: " + "; ".join(f"{k} images, seed {s}" for k, s in sorted(seeds, key=str))
+                  + f" ({STEADY_NOTE})"]
     return "\n".join(lines)
 
 
@@ -170,7 +256,14 @@ def info_markdown(manifest: Manifest, path: str) -> str:
                      f"{'stratified over ' + str(cal['classes']) + ' classes' if cal.get('stratified') else 'unstratified'}, "
                      f"{cal.get('unreadable', 0)} unreadable), list sha256 {cal['list_sha256'][:12]}…")
     q = config.get("quantization")
-    if q and "recipe" not in q:  # ONNX Runtime's own INT8
+    if q and str(q.get("tool", "")).startswith("torchao.quantization.pt2e"):  # pt2 INT8 (PT2E), PTQ or distilled
+        d = q.get("distillation") or {}
+        unquantized = ", ".join(q.get("unquantized") or []) or "nothing"
+        lines.append(f"- quantization: {q['tool']} {q.get('version', '')} {q.get('quantizer', '')}, "
+                     f"recipe {q.get('recipe')} ({q.get('method', '')}) on {q.get('images', '?')} images, "
+                     f"{q.get('activations', '')} activations, {q.get('weights', '')} weights, unquantized: {unquantized}"
+                     + (f"; {d['steps']} distillation steps, {d.get('seconds')} s" if d.get("steps") else ""))
+    elif q and "recipe" not in q:  # ONNX Runtime's own INT8
         lines.append(f"- quantization: {q['tool']} {q.get('format', '')}, {q.get('activations', '')} activations, "
                      f"{q.get('weights', '')} weights, {q.get('calib_method', '')} ranges")
     elif q and q["recipe"] == "qad":
@@ -203,9 +296,12 @@ def info_markdown(manifest: Manifest, path: str) -> str:
     reports = manifest.reports
     if reports.get("check"):
         c = reports["check"]
-        mm = c["metrics"]
-        lines.append(f"- check: {c['n_images']} images, top-1 agreement {_fmt(mm.get('top1_agreement'))}, "
-                     f"cosine min {_fmt(mm.get('cosine_min'), 6)}, gate {'passed' if c['gate']['passed'] else 'FAILED'}")
+        lines.append(f"- check: {c['n_images']} images, {fidelity_line(c, calibration=False)}, "
+                     f"gate {'passed' if c['gate']['passed'] else 'FAILED'}")
+    if reports.get("eval"):
+        e = reports["eval"]
+        lines.append(f"- eval: {e['n_images']} images of {e['images'].get('path') or e['images']['kind']}, "
+                     f"{fidelity_line(e, calibration=False)}")
     if reports.get("bench"):
         b = reports["bench"]
         lines.append("- bench: " + ", ".join(f"batch {r['batch']} p50 {r['p50_ms']:.2f} ms" for r in b["results"])
