@@ -81,11 +81,47 @@ def test_distillation_pulls_the_quantized_model_toward_the_teacher():
             return float(((student(held_out) - teacher(held_out)) ** 2).mean())
 
     before = gap()
-    record = distill(student, teacher, x, QadConfig(steps=60, lr=1e-3, batch=16), BuildLog())
+    record = distill(student, teacher, x, QadConfig(steps=60, lr=1e-3, batch=16, patience=0), BuildLog())  # all 60
     after = gap()
     assert record["steps"] == 60 and len(record["loss_curve_every_10_steps"]) == 6
     assert after < 0.7 * before, (before, after)
     assert not any(p.requires_grad for p in student.parameters())  # left frozen for export
+
+
+def test_distillation_stops_on_a_held_out_plateau_and_keeps_the_best_student():
+    """The default early stop (QadConfig's holdout/check_every/patience/min_steps): a student that only
+    gets worse (Adam at lr 0.5 from near the teacher's weights) stops at ``min_steps``, far below its
+    step cap, and is given back as it was at its best held-out check (step 0)."""
+    from rexnet_deploy.int8.qad import distill
+
+    torch.manual_seed(0)
+    teacher = _Tiny().eval()
+    student = copy.deepcopy(teacher)
+    with torch.no_grad():
+        student.fc.weight.add_(0.05 * torch.randn_like(student.fc.weight))  # not the teacher itself: SQNR finite
+    start = {k: v.clone() for k, v in student.state_dict().items()}
+    x = torch.randn(40, 3, 16, 16)
+    record = distill(student, teacher, x, QadConfig(steps=500, lr=0.5, batch=8), BuildLog())
+    held = record["held_out"]
+    assert held["images"] == 4 and held["every"] == 10 and held["patience"] == 2
+    curve = held["sqnr_db_curve"]
+    assert record["steps"] == 40 and record["max_steps"] == 500 and "plateau" in record["stopped"]  # min_steps 40
+    assert [s for s, _ in curve] == [0, 10, 20, 30, 40] and curve[0][1] > max(db for _, db in curve[1:])
+    assert record["kept_step"] == 0
+    assert all(torch.equal(v, start[k]) for k, v in student.state_dict().items())  # the best, not the last
+    assert not any(p.requires_grad for p in student.parameters())
+    # patience=0: no held-out split, every step runs
+    off = distill(copy.deepcopy(teacher), teacher, x, QadConfig(steps=3, lr=0.5, batch=8, patience=0), BuildLog())
+    assert off["steps"] == 3 and off["held_out"] is None and off["stopped"] == "step budget"
+
+
+def test_openvino_default_int8_recipe_is_qad_and_rexnet_stays_explicit():
+    from rexnet_deploy.backends.openvino_int8 import validate
+    from rexnet_deploy.int8.recipes import DEFAULT_STEPS
+
+    opts = {"subset_size": None, "max_drop": None, "recipe": None, "fast_bias_correction": True, "preset": None}
+    assert validate(dict(opts))["recipe"] == "qad" and validate(dict(opts))["qad_steps"] == DEFAULT_STEPS
+    assert validate(dict(opts, recipe="rexnet"))["recipe"] == "rexnet"
 
 
 @pytest.fixture(scope="module")
