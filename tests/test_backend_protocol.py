@@ -184,8 +184,8 @@ def test_validate_returns_every_declared_option_with_its_default():
     info = backends.get("openvino")
     opts = backends.validate(info, backends.load_module(info, for_build=True),
                              BuildSpec(backend="openvino", precision="int8", device="cpu"), {})
-    assert opts == {"recipe": "qad", "preset": "mixed", "subset_size": None, "fast_bias_correction": True,
-                    "max_drop": None, "qad_steps": 100}
+    assert opts == {"recipe": "rexnet", "preset": "performance", "subset_size": None, "fast_bias_correction": True,
+                    "max_drop": None, "qad_steps": None}
     opts = backends.validate(info, backends.load_module(info, for_build=True),
                              BuildSpec(backend="openvino", precision="int8", device="cpu"), {"qad_steps": 7})
     assert opts["recipe"] == "qad" and opts["qad_steps"] == 7  # --qad-steps implies the qad recipe

@@ -115,13 +115,15 @@ def test_distillation_stops_on_a_held_out_plateau_and_keeps_the_best_student():
     assert off["steps"] == 3 and off["held_out"] is None and off["stopped"] == "step budget"
 
 
-def test_openvino_default_int8_recipe_is_qad_and_rexnet_stays_explicit():
-    from rexnet_deploy.backends.openvino_int8 import validate
-    from rexnet_deploy.int8.recipes import DEFAULT_STEPS
+def test_openvino_max_drop_implies_a_post_training_recipe_whatever_the_default(monkeypatch):
+    """--max-drop is NNCF's post-training accuracy control: with qad as the default it would refuse
+    every --max-drop build that names no recipe."""
+    from rexnet_deploy.backends import openvino_int8
 
     opts = {"subset_size": None, "max_drop": None, "recipe": None, "fast_bias_correction": True, "preset": None}
-    assert validate(dict(opts))["recipe"] == "qad" and validate(dict(opts))["qad_steps"] == DEFAULT_STEPS
-    assert validate(dict(opts, recipe="rexnet"))["recipe"] == "rexnet"
+    monkeypatch.setattr(openvino_int8, "OPENVINO_DEFAULT", "qad")
+    assert openvino_int8.validate(dict(opts))["recipe"] == "qad"
+    assert openvino_int8.validate(dict(opts, max_drop=0.01))["recipe"] == "rexnet"
 
 
 @pytest.fixture(scope="module")

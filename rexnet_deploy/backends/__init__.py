@@ -71,9 +71,9 @@ class BackendInfo:
 # OpenVINO INT8 (NNCF); the recipes themselves are in openvino_int8.RECIPES, keyed by these choices
 _OPENVINO_OPTIONS = (
     Option("recipe", "str", "'qad' (quantization-aware distillation, early stop on a held-out plateau: best "
-           "fidelity, about 3 min), 'rexnet' (post-training, 7-bit weights on every layer: the fast one, about "
-           "1 min) or NNCF's plain defaults.",
-           precisions=("int8",), choices=("qad", "rexnet", "nncf"), default_text="qad; rexnet with --max-drop"),
+           "fidelity, about 4 min), 'rexnet' (post-training, 7-bit weights on every layer: about 1 min) or "
+           "NNCF's plain defaults.",
+           precisions=("int8",), choices=("qad", "rexnet", "nncf"), default_text="rexnet; qad with --qad-steps"),
     Option("qad_steps", "int", "distillation steps of --recipe qad at most (implies it; 0 = its PTQ alone).",
            precisions=("int8",), default_text="100"),
     Option("preset", "str", "NNCF preset (mixed: asymmetric activations).", precisions=("int8",),

@@ -2,12 +2,12 @@
 
 Three paths:
 
-* ``recipe="qad"`` (the default; ``--qad-steps N``): NNCF post-training quantization of the PyTorch
+* ``recipe="qad"`` (``--qad-steps N``): NNCF post-training quantization of the PyTorch
   model with the SE gates in FP32, then quantization-aware distillation toward the FP32 model on
   augmented calibration photos (at most N steps, stopped early on a held-out SQNR plateau),
   exported to IR (:mod:`rexnet_deploy.int8.qad`);
 * ``nncf.quantize`` on the IR with this project's PTQ recipe (``recipe="rexnet"``; see RECIPES)
-  or NNCF's own defaults (``recipe="nncf"``): a minute, the explicit fast choice;
+  or NNCF's own defaults (``recipe="nncf"``): about a minute;
 * ``--max-drop X``: ``nncf.quantize_with_accuracy_control``, whose metric is the harness's top-1
   agreement with the FP32 model, so NNCF reverts the layers that cost agreement to floating
   point until the drop is at most X. The model is quantized at a static batch-1 shape (a partly

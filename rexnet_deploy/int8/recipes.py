@@ -44,9 +44,10 @@ OPENVINO_RECIPES: dict[str, Recipe] = {
     "rexnet": Recipe("NNCF defaults with the overflow fix (7-bit weights) on every layer", "enable"),
     "nncf": Recipe("NNCF's own defaults (overflow fix on the first layer only)", "first_layer_only"),
 }
-# the best unseen-photo fidelity that builds inside the time budget (docs/int8-fidelity.md, "QAD as
-# the default"); ``rexnet`` is the explicit fast recipe (CI, quick iterations)
-OPENVINO_DEFAULT = QAD
+# ``qad`` has the best unseen-photo fidelity but does not build inside the 3-minute budget on 2 cores
+# yet (4 min 15 s with the early stop: docs/int8-fidelity.md, "QAD as the default"), so the default
+# stays the post-training ``rexnet``; --max-drop implies it whatever this says (openvino_int8.validate)
+OPENVINO_DEFAULT = "rexnet"
 # TensorRT: the best measured on unseen photos within 5 min on 2 cores (docs/int8-fidelity.md)
 TENSORRT_DEFAULT = QAD
 TENSORRT_ONNX_PTQ = "modelopt"  # the recipe that --calib-method/--exclude/--calib-cache imply
