@@ -113,6 +113,9 @@ def test_distillation_stops_on_a_held_out_plateau_and_keeps_the_best_student():
     # patience=0: no held-out split, every step runs
     off = distill(copy.deepcopy(teacher), teacher, x, QadConfig(steps=3, lr=0.5, batch=8, patience=0), BuildLog())
     assert off["steps"] == 3 and off["held_out"] is None and off["stopped"] == "step budget"
+    # a run shorter than check_every: its last step is checked too (the best of step 0 and step 3 is kept)
+    short = distill(copy.deepcopy(student), teacher, x, QadConfig(steps=3, lr=1e-4, batch=8), BuildLog())
+    assert [s for s, _ in short["held_out"]["sqnr_db_curve"]] == [0, 3]
 
 
 def test_openvino_max_drop_implies_a_post_training_recipe_whatever_the_default(monkeypatch):

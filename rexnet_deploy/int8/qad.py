@@ -232,6 +232,8 @@ def distill(student: "torch.nn.Module", teacher: "torch.nn.Module", x: "torch.Te
             if step >= config.min_steps and len(checks) > config.patience and _plateau(checks, config):
                 stop = f"held-out SQNR plateau (no gain > {config.min_gain_db:g} dB in {config.patience} checks)"
                 break
+    if n_held and step and step % config.check_every:  # the last steps are checked too, not judged unseen
+        best = _check(student, held, held_target, config.batch, step, checks, timing, best)
     kept = step
     if n_held and best[2] is not None and best[0] != step:
         student.load_state_dict(best[2])  # the best held-out student, not the last
