@@ -118,6 +118,57 @@ def test_distillation_stops_on_a_held_out_plateau_and_keeps_the_best_student():
     assert [s for s, _ in short["held_out"]["sqnr_db_curve"]] == [0, 3]
 
 
+def test_schedule_warms_up_then_decays_to_zero_at_the_cap():
+    from rexnet_deploy.int8.qad import _lr_factor
+
+    cfg = QadConfig(steps=80, warmup=10, schedule="cosine")
+    factors = [_lr_factor(i, cfg) for i in range(80)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)  # linear warm-up
+    assert all(a >= b for a, b in zip(factors[9:], factors[10:]))  # then only down
+    assert factors[-1] < 0.001 and _lr_factor(200, cfg) == pytest.approx(0.0)
+    assert {_lr_factor(i, QadConfig(steps=5)) for i in range(5)} == {1.0}  # the default: constant
+    with pytest.raises(UsageError):
+        QadConfig(schedule="linear")
+    with pytest.raises(UsageError):
+        QadConfig(train_size=8)
+
+
+def test_distillation_trains_on_views_of_train_size_and_checks_at_full_size():
+    """``train_size`` shrinks the training views (teacher and student see the same ones); the held-out
+    checks stay at the input size; the record says which."""
+    from rexnet_deploy.int8.qad import distill
+
+    class Recorder(_Tiny):
+        sizes: list
+
+        def forward(self, x):
+            self.sizes.append(tuple(x.shape[-2:]))
+            return super().forward(x)
+
+    torch.manual_seed(0)
+    teacher, student = Recorder().eval(), Recorder().eval()
+    teacher.sizes, student.sizes = [], []
+    record = distill(student, teacher, torch.randn(40, 3, 48, 48), QadConfig(steps=3, lr=1e-4, batch=8, train_size=32),
+                     BuildLog())
+    assert set(teacher.sizes) == {(32, 32), (48, 48)}  # training views; the held-out targets at full size
+    assert student.sizes.count((32, 32)) == 3 and student.sizes.count((48, 48)) >= 2  # 3 steps; checks 0 and 3
+    assert record["train_size"] == 32 and record["lr_schedule"] == "constant"
+
+
+def test_openvino_qad_uses_the_nncf_schedule_and_its_step_cap():
+    """OpenVINO's ``qad`` is the NNCF schedule (160 px views, warm-up + cosine, 80-step cap); --qad-steps
+    replaces the cap only."""
+    from rexnet_deploy.backends import openvino_int8
+    from rexnet_deploy.int8.qad import NNCF_SCHEDULE, nncf_config
+
+    opts = {"subset_size": None, "max_drop": None, "recipe": "qad", "fast_bias_correction": True, "preset": None}
+    assert openvino_int8.validate(dict(opts))["qad_steps"] == NNCF_SCHEDULE["steps"] == 80
+    assert openvino_int8.validate(dict(opts, qad_steps=7))["qad_steps"] == 7
+    cfg = nncf_config(7, activations="mixed")
+    assert (cfg.steps, cfg.train_size, cfg.schedule, cfg.warmup, cfg.lr) == (7, 160, "cosine", 10, 1e-4)
+    assert nncf_config().steps == 80
+
+
 def test_openvino_max_drop_implies_a_post_training_recipe_whatever_the_default(monkeypatch):
     """--max-drop is NNCF's post-training accuracy control: with qad as the default it would refuse
     every --max-drop build that names no recipe."""

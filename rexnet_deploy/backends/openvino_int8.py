@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import BuildError, UsageError
-from ..int8.qad import QadConfig, library_output, quiet_torch_notices
+from ..int8.qad import NNCF_SCHEDULE, QadConfig, library_output, nncf_config, quiet_torch_notices
 from ..int8.recipes import OPENVINO_DEFAULT, OPENVINO_RECIPES, QAD, resolve
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -42,7 +42,8 @@ def validate(opts: dict[str, Any]) -> dict[str, Any]:
         raise UsageError(f"--max-drop is a top-1 agreement drop between 0 and 1, got {opts['max_drop']}")
     # --max-drop is NNCF's post-training accuracy control: it implies the post-training recipe
     default = "rexnet" if opts["max_drop"] is not None else OPENVINO_DEFAULT
-    recipe, steps = resolve(opts["recipe"], opts.get("qad_steps"), default=default)
+    recipe, steps = resolve(opts["recipe"], opts.get("qad_steps"), default=default,
+                            default_steps=NNCF_SCHEDULE["steps"])
     if recipe == QAD and opts["max_drop"] is not None:
         raise UsageError("--max-drop (accuracy control) is a post-training recipe; it does not combine with --recipe qad")
     # QAD measured best with asymmetric activations (see qad.QadConfig); the PTQ recipes with symmetric
@@ -59,7 +60,7 @@ def quantize(model, ref, calib, opts: dict[str, Any], log: BuildLog) -> tuple[An
 
     preset_name, recipe, fast_bc, max_drop = opts["preset"], opts["recipe"], opts["fast_bias_correction"], opts["max_drop"]
     if recipe == "qad":
-        return _quantize_aware_distilled(model, ref, calib, QadConfig(steps=opts["qad_steps"], activations=preset_name), log)
+        return _quantize_aware_distilled(model, ref, calib, nncf_config(opts["qad_steps"], activations=preset_name), log)
     subset_size = opts["subset_size"] or len(calib)
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
