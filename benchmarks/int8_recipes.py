@@ -20,11 +20,11 @@ from pathlib import Path
 RECIPES = [
     ("openvino/nncf", "openvino", {"recipe": "nncf"}, "NNCF defaults (what a user gets without us)"),
     ("openvino/rexnet", "openvino", {"recipe": "rexnet"}, "NNCF PTQ, 7-bit weights everywhere (the fast recipe)"),
-    ("openvino/qad", "openvino", {}, "PyTorch PTQ (SE FP32, asymmetric activations) + QAD, at most 100 steps, "
-     "early stop on a held-out SQNR plateau (the default)"),
+    ("openvino/qad", "openvino", {}, "PyTorch PTQ (SE FP32, asymmetric activations) + QAD on 160 px views, "
+     "warm-up + cosine, at most 80 steps, early stop (the default)"),
     ("tensorrt/modelopt", "tensorrt", {"recipe": "modelopt"}, "ModelOpt ONNX PTQ, entropy (emulated on ORT CPU)"),
     ("tensorrt/rexnet", "tensorrt", {"recipe": "rexnet"}, "ModelOpt PyTorch PTQ, BN folded, SE + depthwise FP16 (emulated)"),
-    ("tensorrt/qad", "tensorrt", {}, "tensorrt/rexnet + at most 100 QAD steps at lr 1e-5, early stop (the default; emulated)"),
+    ("tensorrt/qad", "tensorrt", {}, "tensorrt/rexnet + 100 QAD steps at lr 1e-5 (the default; emulated)"),
     ("onnxruntime/u8", "onnxruntime", {}, "ORT quantize_static, u8 activations, 7-bit weights, SE FP32"),
     ("onnxruntime/qad", "onnxruntime", {"qad_steps": 100}, "the distilled int8 Q/DQ graph of tensorrt/qad"),
     ("pt2/ptq", "pt2", {"recipe": "ptq"}, "PT2E X86InductorQuantizer defaults (u8 activations), SE gates float"),

@@ -302,6 +302,7 @@ def test_tensorrt_default_recipe_distills_and_its_fp16_graph_keeps_the_rules(tmp
         assert record["tool"] == "modelopt" and record["high_precision"] == "fp16"
         d = record["distillation"]
         assert d["steps"] == 2 and d["lr"] == 1e-5 and len(d["loss_curve_every_10_steps"]) == 1
+        assert d["held_out"] is None and d["stopped"] == "step budget"  # every step: no early stop here
         assert record["fp16_conversion"]["nodes_in_fp32"] == []
         assert record["ptq"]["unquantized"] == ["squeeze-excitation gates", "depthwise convolutions (FP16 on TensorRT)",
                                                 "the global-pool input"]
