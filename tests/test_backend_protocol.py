@@ -184,8 +184,11 @@ def test_validate_returns_every_declared_option_with_its_default():
     info = backends.get("openvino")
     opts = backends.validate(info, backends.load_module(info, for_build=True),
                              BuildSpec(backend="openvino", precision="int8", device="cpu"), {})
-    assert opts == {"recipe": "rexnet", "preset": "performance", "subset_size": None, "fast_bias_correction": True,
-                    "max_drop": None, "qad_steps": None}
+    assert opts == {"recipe": "qad", "preset": "mixed", "subset_size": None, "fast_bias_correction": True,
+                    "max_drop": None, "qad_steps": 80}  # the default: QAD on the NNCF schedule's cap
+    opts = backends.validate(info, backends.load_module(info, for_build=True),
+                             BuildSpec(backend="openvino", precision="int8", device="cpu"), {"recipe": "rexnet"})
+    assert opts["recipe"] == "rexnet" and opts["preset"] == "performance" and opts["qad_steps"] is None
     opts = backends.validate(info, backends.load_module(info, for_build=True),
                              BuildSpec(backend="openvino", precision="int8", device="cpu"), {"qad_steps": 7})
     assert opts["recipe"] == "qad" and opts["qad_steps"] == 7  # --qad-steps implies the qad recipe

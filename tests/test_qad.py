@@ -81,11 +81,103 @@ def test_distillation_pulls_the_quantized_model_toward_the_teacher():
             return float(((student(held_out) - teacher(held_out)) ** 2).mean())
 
     before = gap()
-    record = distill(student, teacher, x, QadConfig(steps=60, lr=1e-3, batch=16), BuildLog())
+    record = distill(student, teacher, x, QadConfig(steps=60, lr=1e-3, batch=16, patience=0), BuildLog())  # all 60
     after = gap()
     assert record["steps"] == 60 and len(record["loss_curve_every_10_steps"]) == 6
     assert after < 0.7 * before, (before, after)
     assert not any(p.requires_grad for p in student.parameters())  # left frozen for export
+
+
+def test_distillation_stops_on_a_held_out_plateau_and_keeps_the_best_student():
+    """The default early stop (QadConfig's holdout/check_every/patience/min_steps): a student that only
+    gets worse (Adam at lr 0.5 from near the teacher's weights) stops at ``min_steps``, far below its
+    step cap, and is given back as it was at its best held-out check (step 0)."""
+    from rexnet_deploy.int8.qad import distill
+
+    torch.manual_seed(0)
+    teacher = _Tiny().eval()
+    student = copy.deepcopy(teacher)
+    with torch.no_grad():
+        student.fc.weight.add_(0.05 * torch.randn_like(student.fc.weight))  # not the teacher itself: SQNR finite
+    start = {k: v.clone() for k, v in student.state_dict().items()}
+    x = torch.randn(40, 3, 16, 16)
+    record = distill(student, teacher, x, QadConfig(steps=500, lr=0.5, batch=8), BuildLog())
+    held = record["held_out"]
+    assert held["images"] == 4 and held["every"] == 10 and held["patience"] == 2
+    curve = held["sqnr_db_curve"]
+    assert record["steps"] == 40 and record["max_steps"] == 500 and "plateau" in record["stopped"]  # min_steps 40
+    assert [s for s, _ in curve] == [0, 10, 20, 30, 40] and curve[0][1] > max(db for _, db in curve[1:])
+    assert record["kept_step"] == 0
+    assert all(torch.equal(v, start[k]) for k, v in student.state_dict().items())  # the best, not the last
+    assert not any(p.requires_grad for p in student.parameters())
+    # patience=0: no held-out split, every step runs
+    off = distill(copy.deepcopy(teacher), teacher, x, QadConfig(steps=3, lr=0.5, batch=8, patience=0), BuildLog())
+    assert off["steps"] == 3 and off["held_out"] is None and off["stopped"] == "step budget"
+    # a run shorter than check_every: its last step is checked too (the best of step 0 and step 3 is kept)
+    short = distill(copy.deepcopy(student), teacher, x, QadConfig(steps=3, lr=1e-4, batch=8), BuildLog())
+    assert [s for s, _ in short["held_out"]["sqnr_db_curve"]] == [0, 3]
+
+
+def test_schedule_warms_up_then_decays_to_zero_at_the_cap():
+    from rexnet_deploy.int8.qad import _lr_factor
+
+    cfg = QadConfig(steps=80, warmup=10, schedule="cosine")
+    factors = [_lr_factor(i, cfg) for i in range(80)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)  # linear warm-up
+    assert all(a >= b for a, b in zip(factors[9:], factors[10:]))  # then only down
+    assert factors[-1] < 0.001 and _lr_factor(200, cfg) == pytest.approx(0.0)
+    assert {_lr_factor(i, QadConfig(steps=5)) for i in range(5)} == {1.0}  # the default: constant
+    with pytest.raises(UsageError):
+        QadConfig(schedule="linear")
+    with pytest.raises(UsageError):
+        QadConfig(train_size=8)
+
+
+def test_distillation_trains_on_views_of_train_size_and_checks_at_full_size():
+    """``train_size`` shrinks the training views (teacher and student see the same ones); the held-out
+    checks stay at the input size; the record says which."""
+    from rexnet_deploy.int8.qad import distill
+
+    class Recorder(_Tiny):
+        sizes: list
+
+        def forward(self, x):
+            self.sizes.append(tuple(x.shape[-2:]))
+            return super().forward(x)
+
+    torch.manual_seed(0)
+    teacher, student = Recorder().eval(), Recorder().eval()
+    teacher.sizes, student.sizes = [], []
+    record = distill(student, teacher, torch.randn(40, 3, 48, 48), QadConfig(steps=3, lr=1e-4, batch=8, train_size=32),
+                     BuildLog())
+    assert set(teacher.sizes) == {(32, 32), (48, 48)}  # training views; the held-out targets at full size
+    assert student.sizes.count((32, 32)) == 3 and student.sizes.count((48, 48)) >= 2  # 3 steps; checks 0 and 3
+    assert record["train_size"] == 32 and record["lr_schedule"] == "constant"
+
+
+def test_openvino_qad_uses_the_nncf_schedule_and_its_step_cap():
+    """OpenVINO's ``qad`` is the NNCF schedule (160 px views, warm-up + cosine, 80-step cap); --qad-steps
+    replaces the cap only."""
+    from rexnet_deploy.backends import openvino_int8
+    from rexnet_deploy.int8.qad import NNCF_SCHEDULE, nncf_config
+
+    opts = {"subset_size": None, "max_drop": None, "recipe": "qad", "fast_bias_correction": True, "preset": None}
+    assert openvino_int8.validate(dict(opts))["qad_steps"] == NNCF_SCHEDULE["steps"] == 80
+    assert openvino_int8.validate(dict(opts, qad_steps=7))["qad_steps"] == 7
+    cfg = nncf_config(7, activations="mixed")
+    assert (cfg.steps, cfg.train_size, cfg.schedule, cfg.warmup, cfg.lr) == (7, 160, "cosine", 10, 1e-4)
+    assert nncf_config().steps == 80
+
+
+def test_openvino_max_drop_implies_a_post_training_recipe_whatever_the_default(monkeypatch):
+    """--max-drop is NNCF's post-training accuracy control: with qad as the default it would refuse
+    every --max-drop build that names no recipe."""
+    from rexnet_deploy.backends import openvino_int8
+
+    opts = {"subset_size": None, "max_drop": None, "recipe": None, "fast_bias_correction": True, "preset": None}
+    monkeypatch.setattr(openvino_int8, "OPENVINO_DEFAULT", "qad")
+    assert openvino_int8.validate(dict(opts))["recipe"] == "qad"
+    assert openvino_int8.validate(dict(opts, max_drop=0.01))["recipe"] == "rexnet"
 
 
 @pytest.fixture(scope="module")
@@ -210,6 +302,7 @@ def test_tensorrt_default_recipe_distills_and_its_fp16_graph_keeps_the_rules(tmp
         assert record["tool"] == "modelopt" and record["high_precision"] == "fp16"
         d = record["distillation"]
         assert d["steps"] == 2 and d["lr"] == 1e-5 and len(d["loss_curve_every_10_steps"]) == 1
+        assert d["held_out"] is None and d["stopped"] == "step budget"  # every step: no early stop here
         assert record["fp16_conversion"]["nodes_in_fp32"] == []
         assert record["ptq"]["unquantized"] == ["squeeze-excitation gates", "depthwise convolutions (FP16 on TensorRT)",
                                                 "the global-pool input"]

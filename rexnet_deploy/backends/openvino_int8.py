@@ -2,11 +2,12 @@
 
 Three paths:
 
-* ``recipe="qad"`` (``--qad-steps N``): NNCF post-training quantization of the PyTorch model with
-  the SE gates in FP32, then quantization-aware distillation toward the FP32 model on augmented
-  calibration photos, exported to IR (:mod:`rexnet_deploy.int8.qad`);
+* ``recipe="qad"`` (``--qad-steps N``): NNCF post-training quantization of the PyTorch
+  model with the SE gates in FP32, then quantization-aware distillation toward the FP32 model on
+  augmented calibration photos (at most N steps, stopped early on a held-out SQNR plateau),
+  exported to IR (:mod:`rexnet_deploy.int8.qad`);
 * ``nncf.quantize`` on the IR with this project's PTQ recipe (``recipe="rexnet"``; see RECIPES)
-  or NNCF's own defaults (``recipe="nncf"``);
+  or NNCF's own defaults (``recipe="nncf"``): about a minute;
 * ``--max-drop X``: ``nncf.quantize_with_accuracy_control``, whose metric is the harness's top-1
   agreement with the FP32 model, so NNCF reverts the layers that cost agreement to floating
   point until the drop is at most X. The model is quantized at a static batch-1 shape (a partly
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import BuildError, UsageError
-from ..int8.qad import QadConfig, library_output, quiet_torch_notices
+from ..int8.qad import NNCF_SCHEDULE, QadConfig, library_output, nncf_config, quiet_torch_notices
 from ..int8.recipes import OPENVINO_DEFAULT, OPENVINO_RECIPES, QAD, resolve
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -39,7 +40,10 @@ def validate(opts: dict[str, Any]) -> dict[str, Any]:
         raise UsageError(f"--subset-size must be >= 1, got {opts['subset_size']}")
     if opts["max_drop"] is not None and not 0 <= float(opts["max_drop"]) < 1:
         raise UsageError(f"--max-drop is a top-1 agreement drop between 0 and 1, got {opts['max_drop']}")
-    recipe, steps = resolve(opts["recipe"], opts.get("qad_steps"), default=OPENVINO_DEFAULT)
+    # --max-drop is NNCF's post-training accuracy control: it implies the post-training recipe
+    default = "rexnet" if opts["max_drop"] is not None else OPENVINO_DEFAULT
+    recipe, steps = resolve(opts["recipe"], opts.get("qad_steps"), default=default,
+                            default_steps=NNCF_SCHEDULE["steps"])
     if recipe == QAD and opts["max_drop"] is not None:
         raise UsageError("--max-drop (accuracy control) is a post-training recipe; it does not combine with --recipe qad")
     # QAD measured best with asymmetric activations (see qad.QadConfig); the PTQ recipes with symmetric
@@ -56,7 +60,7 @@ def quantize(model, ref, calib, opts: dict[str, Any], log: BuildLog) -> tuple[An
 
     preset_name, recipe, fast_bc, max_drop = opts["preset"], opts["recipe"], opts["fast_bias_correction"], opts["max_drop"]
     if recipe == "qad":
-        return _quantize_aware_distilled(model, ref, calib, QadConfig(steps=opts["qad_steps"], activations=preset_name), log)
+        return _quantize_aware_distilled(model, ref, calib, nncf_config(opts["qad_steps"], activations=preset_name), log)
     subset_size = opts["subset_size"] or len(calib)
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
@@ -74,7 +78,7 @@ def quantize(model, ref, calib, opts: dict[str, Any], log: BuildLog) -> tuple[An
     t0 = time.perf_counter()
     with library_output(log, verbose=max_drop is not None):
         if max_drop is None:
-            log(f"quantizing with NNCF on {len(calib)} calibration images (recipe {recipe})")
+            log(f"INT8 recipe {recipe}: quantizing with NNCF on {len(calib)} calibration images")
             quantized = nncf.quantize(model, dataset, advanced_parameters=advanced, **kwargs)
         else:
             log(f"quantizing with accuracy control (max top-1 agreement drop {max_drop:g}); this can take minutes")
@@ -106,11 +110,19 @@ def _quantize_aware_distilled(model, ref, calib, config: QadConfig, log: BuildLo
     from .openvino_convert import convert
 
     t0 = time.perf_counter()
+    log(f"INT8 recipe qad: NNCF PyTorch PTQ + up to {config.steps} distillation steps "
+        "(the fast post-training one is --recipe rexnet)")
     result = qad.quantize_and_distill(ref.module, calib.tensors(), config, log)
+    t1 = time.perf_counter()
     quantized = convert(ref, qad.strip(result.model, tuple(ref.data_config.input_size)))
+    seconds = time.perf_counter() - t0
     record = {**result.record,
               "fake_quantize_ops": _count(quantized, "FakeQuantize") - _count(model, "FakeQuantize"),
-              "seconds": round(time.perf_counter() - t0, 1)}
+              "export_seconds": round(time.perf_counter() - t1, 1),
+              "seconds": round(seconds, 1)}
+    d = result.record["distillation"] or {}
+    log(f"INT8 recipe qad took {seconds:.0f} s: PTQ {result.record['ptq']['seconds']:.0f} s, "
+        f"{d.get('steps', 0)} distillation steps {d.get('seconds', 0):.0f} s, export to IR {record['export_seconds']:.0f} s")
     if record["fake_quantize_ops"] == 0:
         raise BuildError("NNCF quantized nothing (no FakeQuantize in the result); cannot build an INT8 engine")
     return quantized, record
