@@ -113,3 +113,23 @@ def test_distilled_graph_keeps_the_placement_onnx_runtime_fuses(tmp_path):
     assert quantized == 4 and floating == 0
     ops = _optimized_ops(graph, tmp_path)
     assert ops["QLinearConv"] == quantized and ops["Conv"] + ops["FusedConv"] == floating, dict(ops)
+
+
+def test_the_recipe_is_chosen_explicitly_and_takes_qad_steps():
+    """--recipe fused-qad takes --qad-steps (100 by default); --qad-steps alone still means the
+    ModelOpt qad graph, and quantize_static refuses them in one line."""
+    from rexnet_deploy import backends
+    from rexnet_deploy.errors import UsageError
+    from rexnet_deploy.spec import BuildSpec
+
+    info = backends.get("onnxruntime")
+    module = backends.load_module(info, for_build=True)
+    spec = BuildSpec(backend="onnxruntime", precision="int8", device="cpu")
+    opts = backends.validate(info, module, spec, {"recipe": "fused-qad"})
+    assert opts["recipe"] == "fused-qad" and opts["qad_steps"] == 100
+    assert backends.validate(info, module, spec, {"recipe": "fused-qad", "qad_steps": 7})["qad_steps"] == 7
+    assert backends.validate(info, module, spec, {})["recipe"] == "quantize_static"
+    with pytest.raises(UsageError, match="--qad-steps is for --recipe qad, not --recipe quantize_static"):
+        backends.validate(info, module, spec, {"recipe": "quantize_static", "qad_steps": 7})
+    with pytest.raises(UsageError, match="--recipe must be one of"):
+        backends.validate(info, module, spec, {"recipe": "fused"})
