@@ -133,3 +133,23 @@ def test_the_recipe_is_chosen_explicitly_and_takes_qad_steps():
         backends.validate(info, module, spec, {"recipe": "quantize_static", "qad_steps": 7})
     with pytest.raises(UsageError, match="--recipe must be one of"):
         backends.validate(info, module, spec, {"recipe": "fused"})
+
+
+def test_info_prints_a_fused_qad_artifact():
+    """`info` on an ONNX Runtime fused-qad artifact: its record has a recipe but neither NNCF's preset
+    nor the qad record's PTQ part (the generic branch's KeyError without its own line)."""
+    import json
+
+    from rexnet_deploy.harness.report import info_markdown
+    from rexnet_deploy.manifest import Manifest
+    from .test_manifest import HEAD_FILE
+
+    data = json.loads(HEAD_FILE.read_text())
+    data.update(backend="onnxruntime", precision="int8")
+    data["backend_config"] = {"quantization": {
+        "tool": "onnxruntime.quantization + torch (the Q/DQ graph run in PyTorch)", "recipe": "fused-qad",
+        "format": "QDQ", "activations": "uint8 asymmetric, per-tensor", "weights": "int8 symmetric, per-channel",
+        "distillation": {"steps": 60, "kept_step": 40, "seconds": 180.0}}}
+    info = info_markdown(Manifest.from_json(data), "ort")
+    assert "recipe fused-qad: QDQ, uint8 asymmetric, per-tensor activations" in info
+    assert "60 distillation steps (kept 40), 180.0 s" in info
