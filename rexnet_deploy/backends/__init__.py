@@ -190,7 +190,11 @@ BACKENDS: dict[str, BackendInfo] = {
         runtime_extra="onnxruntime-runtime",
         summary="ONNX graph on ONNX Runtime CPU; FP16 (ModelOpt autocast); INT8 as QDQ with uint8 activations "
                 "(the CPU-fast format) or, with --qad-steps, the distilled int8 Q/DQ graph; no torch at runtime",
-        options=(_QAD_QDQ,),
+        options=(Option("recipe", "str", "INT8: 'quantize_static' (post-training u8 ranges: fast, least faithful), "
+                        "'fused-qad' (that graph's weights distilled in place, --qad-steps of them: faithful and as "
+                        "fast) or 'qad' (the distilled Q/DQ graph of TensorRT: faithful, slower than FP32 here).",
+                        precisions=("int8",), choices=("quantize_static", "fused-qad", "qad"),
+                        default_text="quantize_static; qad with --qad-steps"), _QAD_QDQ),
         triton=TritonTarget("onnxruntime_onnx", {"model.onnx": "model.onnx"}),
     ),
     "tensorrt": BackendInfo(

@@ -268,6 +268,12 @@ def info_markdown(manifest: Manifest, path: str) -> str:
                      f"{q.get('weights', '')} weights, {q.get('calib_method', '')} ranges")
     elif q and q["recipe"] == "qad":
         lines.append("- quantization: " + _qad_line(q))
+    elif q and q["recipe"] == "fused-qad":  # ONNX Runtime's own graph distilled in place (int8.ort_fused)
+        d = q.get("distillation") or {}
+        lines.append(f"- quantization: {q['tool']}, recipe fused-qad: {q.get('format', '')}, {q.get('activations', '')} "
+                     f"activations, {q.get('weights', '')} weights; "
+                     + (f"{d['steps']} distillation steps (kept {d.get('kept_step')}), {d.get('seconds')} s"
+                        if d.get("steps") else "no distillation"))
     elif q:
         scope = q.get("ignored_scope") or {}
         kept = sum(len(v) for v in scope.values()) if scope else 0

@@ -53,8 +53,11 @@ OPENVINO_DEFAULT = QAD
 # TensorRT: the best measured on unseen photos within 5 min on 2 cores (docs/int8-fidelity.md)
 TENSORRT_DEFAULT = QAD
 TENSORRT_ONNX_PTQ = "modelopt"  # the recipe that --calib-method/--exclude/--calib-cache imply
-# ONNX Runtime has no --recipe: quantize_static's uint8 QDQ unless --qad-steps asks for the distilled graph
+# ONNX Runtime: quantize_static's uint8 QDQ unless --recipe (or --qad-steps: qad) asks for a distilled graph
 ONNXRUNTIME_DEFAULT = "quantize_static"
+# quantize_static's u8 graph (the placement ONNX Runtime fuses into QLinearConv) distilled in place
+# (int8.ort_fused; docs/int8-fidelity.md "ONNX Runtime: fidelity or speed, not both")
+ONNXRUNTIME_FUSED = "fused-qad"
 # pt2 (PT2E, X86InductorQuantizer): post-training ranges measured 0.890 top-1 agreement on dev/; distillation
 PT2_DEFAULT = QAD
 

@@ -1,0 +1,304 @@
+"""ONNX Runtime INT8 that is both faithful and fast: ONNX Runtime's own fusable Q/DQ graph, distilled.
+
+ONNX Runtime's CPU provider runs a convolution as one int8 kernel (QLinearConv) only when Q/DQ pairs
+sit on its input *and* its output; ``quantize_static``'s u8 graph has that placement (fast) and the
+distilled ModelOpt/NNCF graphs do not (they quantize convolution inputs only, so every Q/DQ runs as
+a separate pass). This recipe keeps the placement and distils the weights *in* it:
+
+1. **The graph**: the backend's post-training quantization (``quantize_static``: u8 asymmetric
+   per-tensor activations, min-max averaged per batch; int8 7-bit per-channel weights; the
+   squeeze-excitation gates FP32), i.e. exactly the nodes, scales and zero points the provider fuses.
+2. **The student**: :class:`GraphStudent` runs that ONNX graph in PyTorch, op by op: every
+   activation Q/DQ pair as a fake-quantize with the graph's scale and zero point (straight-through
+   rounding, gradient clipped outside the range), every weight as a trainable FP32 tensor (from the
+   FP32 export, BatchNorm folded) fake-quantized on the graph's per-channel grid.
+3. **Distillation**: :func:`rexnet_deploy.int8.qad.distill` toward the FP32 model's logits (the
+   same loss, augmentation and held-out early stop as every QAD recipe here).
+4. **Write-back**: the trained weights and biases are quantized with the graph's own scales into
+   its integer initializers. Nothing else changes, so ONNX Runtime fuses the result exactly as it
+   fuses ``quantize_static``'s graph.
+
+Build-time only (torch, onnx, onnxruntime.quantization); engines never import it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from ..errors import BuildError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import onnx
+    import torch
+
+    from ..log import BuildLog
+
+RECIPE = "fused-qad"
+# the graph's weight grid: int8 per-channel, 7-bit range (quantize_static's reduce_range: [-64, 64])
+WEIGHT_RANGE = (-64, 64)
+# Adam's step on the weights (the ModelOpt path, ranges fixed, measured 1e-5 best there)
+LR = 2e-5
+# learned ranges: scale = graph's scale * exp(RANGE_GAIN * p), so that Adam's step of about ``lr`` on
+# p moves a scale by about RANGE_GAIN * lr (0.1% a step at lr 2e-5), not lr in absolute terms
+RANGE_GAIN = 50.0
+
+
+def _student_class():
+    import torch
+    import torch.nn.functional as F
+    from onnx import helper, numpy_helper
+
+    class GraphStudent(torch.nn.Module):
+        """An ONNX Q/DQ graph run in PyTorch: activation Q/DQ pairs as straight-through fake-quantizes
+        with the graph's scales; weights (those with a float original in ``float_weights``, keyed by
+        the initializer name ``quantize_static`` quantized) as trainable parameters."""
+
+        def __init__(self, model: "onnx.ModelProto", float_weights: dict[str, np.ndarray], *,
+                     learn_ranges: bool = False) -> None:
+            super().__init__()
+            graph = model.graph
+            self.nodes = list(graph.node)
+            self.input_name = graph.input[0].name
+            self.output_names = [o.name for o in graph.output]
+            self.consts: dict[str, torch.Tensor] = {}
+            self.arrays: dict[str, np.ndarray] = {}
+            for init in graph.initializer:
+                a = numpy_helper.to_array(init)
+                self.arrays[init.name] = a
+            for node in self.nodes:
+                if node.op_type == "Constant":
+                    self.arrays[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+            self.params = torch.nn.ParameterDict()
+            self.trained: dict[str, str] = {}  # quantized initializer name -> parameter key
+            for node in self.nodes:
+                if node.op_type == "DequantizeLinear" and node.input[0] in self.arrays:
+                    original = node.input[0].removesuffix("_quantized")
+                    if original in float_weights and node.input[0] not in self.trained:
+                        key = f"p{len(self.params)}"
+                        self.params[key] = torch.nn.Parameter(torch.from_numpy(
+                            np.array(float_weights[original], np.float32)))
+                        self.trained[node.input[0]] = key
+            for name, a in self.arrays.items():  # as float32 tensors (integers too: zero points, biases)
+                self.consts[name] = torch.from_numpy(np.array(a, dtype=np.float32))
+            self.attrs = [{a.name: helper.get_attribute_value(a) for a in n.attribute} for n in self.nodes]
+            # activation ranges: each Q/DQ pair's scale (an initializer its Q and DQs share), learned in
+            # log space when asked (zero points stay: integers of the graph)
+            self.ranges: dict[str, str] = {}
+            if learn_ranges:
+                for node in self.nodes:
+                    if node.op_type == "QuantizeLinear" and node.input[1] not in self.ranges:
+                        key = f"r{len(self.ranges)}"
+                        self.params[key] = torch.nn.Parameter(torch.zeros(()))
+                        self.ranges[node.input[1]] = key
+
+        def activation_scale(self, name: str) -> "torch.Tensor":
+            """The scale of the activation Q/DQ pair whose scale initializer is ``name``."""
+            s0 = self.consts[name]
+            key = self.ranges.get(name)
+            return s0 if key is None else s0 * torch.exp(RANGE_GAIN * self.params[key])
+
+        def forward(self, x: "torch.Tensor") -> "torch.Tensor":
+            env: dict[str, Any] = {self.input_name: x}
+
+            def val(name: str):
+                if name in env:
+                    return env[name]
+                return self.consts[name]
+
+            for node, at in zip(self.nodes, self.attrs):
+                op, ins = node.op_type, node.input
+                if op == "Constant":
+                    continue
+                if op == "QuantizeLinear":
+                    env[node.output[0]] = ("q", val(ins[0]), ins[1], ins[2] if len(ins) > 2 else "", at)
+                    continue
+                if op == "DequantizeLinear":
+                    env[node.output[0]] = self._dequantize(node, at, env)
+                    continue
+                a = [val(i) if i else None for i in ins]
+                if op == "Conv":
+                    pads = at.get("pads", [0, 0, 0, 0])
+                    if pads[:2] != pads[2:]:
+                        raise BuildError(f"{node.name}: asymmetric padding is not supported here")
+                    y = F.conv2d(a[0], a[1], a[2] if len(a) > 2 else None, tuple(at.get("strides", (1, 1))),
+                                 tuple(pads[:2]), tuple(at.get("dilations", (1, 1))), at.get("group", 1))
+                elif op == "Sigmoid":
+                    y = torch.sigmoid(a[0])
+                elif op == "Mul":
+                    y = a[0] * a[1]
+                elif op == "Add":
+                    y = a[0] + a[1]
+                elif op == "Relu":
+                    y = torch.relu(a[0])
+                elif op == "Clip":
+                    lo = float(a[1]) if len(a) > 1 and a[1] is not None else None
+                    hi = float(a[2]) if len(a) > 2 and a[2] is not None else None
+                    y = torch.clamp(a[0], lo, hi)
+                elif op == "Concat":
+                    y = torch.cat(a, dim=at["axis"])
+                elif op == "Slice":
+                    y = self._slice(a[0], *[self.arrays[i] if i else None for i in list(ins[1:]) + [""] * (5 - len(ins))][:4])
+                elif op == "ReduceMean":
+                    axes = at.get("axes") if "axes" in at else [int(v) for v in self.arrays[ins[1]]]
+                    y = a[0].mean(dim=tuple(axes), keepdim=bool(at.get("keepdims", 1)))
+                elif op == "GlobalAveragePool":
+                    y = a[0].mean(dim=(2, 3), keepdim=True)
+                elif op == "Flatten":
+                    y = torch.flatten(a[0], at.get("axis", 1))
+                elif op == "Gemm":
+                    w = a[1].t() if at.get("transB", 0) else a[1]
+                    y = at.get("alpha", 1.0) * (a[0].t() if at.get("transA", 0) else a[0]) @ w
+                    if len(a) > 2 and a[2] is not None:
+                        y = y + at.get("beta", 1.0) * a[2]
+                elif op == "Identity":
+                    y = a[0]
+                else:
+                    raise BuildError(f"the fused recipe cannot run ONNX op {op} ({node.name}) in PyTorch")
+                env[node.output[0]] = y
+            outs = [env[n] for n in self.output_names]
+            return outs[0] if len(outs) == 1 else tuple(outs)
+
+        @staticmethod
+        def _slice(x, starts, ends, axes, steps):
+            index = [slice(None)] * x.dim()
+            axes = range(len(starts)) if axes is None else axes
+            steps = [1] * len(starts) if steps is None else steps
+            for s, e, ax, st in zip(starts, ends, axes, steps):
+                index[int(ax)] = slice(int(s), int(min(e, 2**62)), int(st))
+            return x[tuple(index)]
+
+        def _dequantize(self, node, at, env):
+            """A DQ of a Q (activation): the fake-quantize; of a trained weight: the weight
+            fake-quantized on its grid; of another initializer (int32 bias, unquantized int8): its value."""
+            src = node.input[0]
+            scale = self.consts[node.input[1]]
+            zero = self.consts[node.input[2]] if len(node.input) > 2 and node.input[2] else torch.zeros(())
+            if src in env and isinstance(env[src], tuple):
+                lo, hi = _range(self.arrays, node.input[2] if len(node.input) > 2 else "")
+                x = env[src][1]
+                if node.input[1] in self.ranges:
+                    # torch's learnable fake-quantize: straight-through rounding, gradients for the scale
+                    return torch._fake_quantize_learnable_per_tensor_affine(
+                        x, self.activation_scale(node.input[1]).reshape(1), zero.reshape(1).float(), lo, hi, 1.0)
+                return torch.fake_quantize_per_tensor_affine(x, float(scale), int(zero), lo, hi)
+            if src in self.trained:
+                w = self.params[self.trained[src]]
+                dtype = self.arrays[src].dtype
+                if dtype == np.int32:  # a bias: quantized at write-back only (its step is tiny)
+                    return w
+                lo, hi = WEIGHT_RANGE if dtype == np.int8 else _range(self.arrays, node.input[2])
+                if scale.numel() == 1:
+                    return torch.fake_quantize_per_tensor_affine(w, float(scale), int(zero), lo, hi)
+                if at.get("axis", 1) != 0:
+                    raise BuildError(f"{node.name}: per-channel weights on axis {at.get('axis', 1)} are not supported here")
+                return torch.fake_quantize_per_channel_affine(w, scale, zero.to(torch.int32), 0, lo, hi)
+            a = self.consts[src].float()
+            if scale.numel() > 1:
+                shape = [1] * a.dim()
+                shape[at.get("axis", 1)] = -1
+                scale, zero = scale.reshape(shape), zero.float().reshape(shape)
+            return (a - zero.float()) * scale
+
+    return GraphStudent
+
+
+def _range(arrays: dict[str, np.ndarray], zero_point: str) -> tuple[int, int]:
+    """The integer range of a Q/DQ pair, from its zero point's type (uint8 when it has none)."""
+    dtype = arrays[zero_point].dtype if zero_point else np.dtype(np.uint8)
+    info = np.iinfo(dtype)
+    return int(info.min), int(info.max)
+
+
+def float_weights(fp32: "onnx.ModelProto") -> dict[str, np.ndarray]:
+    """The FP32 export's convolution and Gemm weights and biases, by initializer name (what
+    ``quantize_static`` names ``<name>_quantized`` in the Q/DQ graph)."""
+    from onnx import numpy_helper
+
+    init = {i.name: i for i in fp32.graph.initializer}
+    out = {}
+    for node in fp32.graph.node:
+        if node.op_type in ("Conv", "Gemm"):
+            for name in node.input[1:]:
+                if name in init:
+                    out[name] = numpy_helper.to_array(init[name])
+    return out
+
+
+def write_back(model: "onnx.ModelProto", student) -> dict[str, Any]:
+    """Write the student into ``model``, in place: its learned activation scales (if any), the bias
+    scales that follow from them (input scale × weight scale, as ONNX Runtime's integer bias needs),
+    then its trained weights and biases quantized with the graph's scales and zero points into the
+    integer initializers. Returns how many tensors and how many integers changed."""
+    from onnx import numpy_helper
+
+    graph = model.graph
+    init = {i.name: i for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    dq_of = {}
+    for n in graph.node:
+        if n.op_type == "DequantizeLinear":
+            dq_of.setdefault(n.input[0], n)
+
+    def array(name: str) -> np.ndarray:
+        return numpy_helper.to_array(init[name])
+
+    def put(name: str, value: np.ndarray) -> None:
+        init[name].CopyFrom(numpy_helper.from_array(value, name))
+
+    for name in student.ranges:
+        put(name, student.activation_scale(name).detach().numpy().astype(np.float32).reshape(array(name).shape))
+    if student.ranges:
+        for node in graph.node:
+            if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3 or not node.input[2]:
+                continue
+            x, w, b = (producer.get(i) for i in node.input[:3])
+            if all(d is not None and d.op_type == "DequantizeLinear" for d in (x, w, b)) and b.input[0] in init:
+                put(b.input[1], (array(x.input[1]) * array(w.input[1])).astype(np.float32))
+    moved, total = 0, 0
+    for name, key in student.trained.items():
+        node = dq_of[name]
+        old = array(name)
+        w = student.params[key].detach().double().numpy()
+        scale = array(node.input[1]).astype(np.float64)
+        zero = array(node.input[2]).astype(np.float64) if len(node.input) > 2 and node.input[2] else np.zeros(())
+        if scale.size > 1:
+            shape = [-1] + [1] * (w.ndim - 1)
+            scale, zero = scale.reshape(shape), (zero.reshape(shape) if zero.size > 1 else zero)
+        lo, hi = WEIGHT_RANGE if old.dtype == np.int8 else (int(np.iinfo(old.dtype).min), int(np.iinfo(old.dtype).max))
+        q = np.clip(np.round(w / scale) + zero, lo, hi).astype(old.dtype)
+        moved += int(np.count_nonzero(q != old))
+        total += q.size
+        put(name, q)
+    return {"tensors": len(student.trained), "ranges": len(student.ranges), "integers_changed": moved,
+            "integers": total}
+
+
+def distill_graph(qdq_path, fp32_path, teacher: "torch.nn.Module", tensors: Sequence[np.ndarray], steps: int,
+                  log: "BuildLog", *, lr: float = LR, learn_ranges: bool = True, recipe: str = RECIPE) -> dict[str, Any]:
+    """Steps 2-4 of the module docstring on the Q/DQ graph at ``qdq_path`` (rewritten in place);
+    ``fp32_path`` is the FP32 export it was quantized from. Returns the manifest record."""
+    import onnx
+    import torch
+
+    from . import qad
+
+    t0 = time.perf_counter()
+    model = onnx.load(str(qdq_path))
+    student = _student_class()(model, float_weights(onnx.load(str(fp32_path))), learn_ranges=learn_ranges).eval()
+    if not student.trained:
+        raise BuildError("the Q/DQ graph has no quantized weights to distil")
+    x = torch.from_numpy(np.concatenate([np.asarray(t, np.float32).reshape(-1, *np.shape(t)[-3:]) for t in tensors]))
+    config = qad.QadConfig(steps=steps, lr=lr)
+    record: dict[str, Any] = {"tool": "onnxruntime.quantization + torch (the Q/DQ graph run in PyTorch)",
+                              "method": "quantization-aware distillation" if steps else "post-training quantization",
+                              "recipe": recipe,
+                              "config": {"steps": steps, "lr": lr, "learned_ranges": learn_ranges,
+                                         "range_gain": RANGE_GAIN if learn_ranges else None}}
+    record["distillation"] = qad.distill(student, teacher.eval(), x, config, log) if steps else None
+    record["write_back"] = write_back(model, student)
+    onnx.save(model, str(qdq_path))
+    record["seconds"] = round(time.perf_counter() - t0, 1)
+    return record
