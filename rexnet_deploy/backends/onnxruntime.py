@@ -47,26 +47,19 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..spec import BuildSpec
 
 PAYLOAD = "model.onnx"
-QAD_RECIPE = QAD                  # ModelOpt's distilled int8 Q/DQ graph (TensorRT's): faithful, slow here
-FUSED_RECIPE = ONNXRUNTIME_FUSED  # quantize_static's graph distilled in place: faithful and fused
 OPTIMIZED = "optimized.onnx"  # the cached graph, in the engine's cache folder
 
 
 def validate(spec: BuildSpec, options: dict[str, Any]) -> dict[str, Any]:
     """The INT8 recipe resolved (``--recipe``; ``--qad-steps`` alone implies ``qad``) and its steps in
     range; FP16 and the ``qad`` graph need ModelOpt."""
-    from ..int8.recipes import DEFAULT_STEPS, ONNXRUNTIME_DEFAULT, check_steps, resolve
+    from ..int8.recipes import ONNXRUNTIME_DEFAULT, resolve
 
     opts = dict(options)
-    recipe = opts.get("recipe")
-    if recipe == FUSED_RECIPE or (recipe is None and opts["qad_steps"] is None
-                                       and ONNXRUNTIME_DEFAULT == FUSED_RECIPE):
-        # quantize_static's graph distilled in place (int8.ort_fused): --qad-steps are its steps
-        opts["recipe"] = FUSED_RECIPE
-        opts["qad_steps"] = DEFAULT_STEPS if opts["qad_steps"] is None else check_steps(opts["qad_steps"])
-        return opts
-    opts["recipe"], opts["qad_steps"] = resolve(recipe, opts["qad_steps"], default=ONNXRUNTIME_DEFAULT)
-    if (spec.precision == "fp16" or opts["recipe"] == QAD_RECIPE) and importlib.util.find_spec("modelopt") is None:
+    # both distilled graphs take --qad-steps: ModelOpt's (qad) and quantize_static's in place (fused-qad)
+    opts["recipe"], opts["qad_steps"] = resolve(opts.get("recipe"), opts["qad_steps"], default=ONNXRUNTIME_DEFAULT,
+                                                distilled=(QAD, ONNXRUNTIME_FUSED))
+    if (spec.precision == "fp16" or opts["recipe"] == QAD) and importlib.util.find_spec("modelopt") is None:
         raise BackendUnavailable(f"onnxruntime {spec.precision} graphs are made by ModelOpt, which is not installed: "
                                  "pip install 'rexnet-deploy[trt]'")
     return opts
@@ -90,11 +83,11 @@ def build(ref, spec: BuildSpec, writer, log: BuildLog, *, calib=None,
     export = onnx_export.export(ref, fp32, batch=spec.batch)
     config: dict[str, Any] = {"export": export, "graph_optimization": "all", "provider": "CPUExecutionProvider"}
     recipe = (options or {}).get("recipe")
-    if spec.precision == "int8" and recipe == QAD_RECIPE:
+    if spec.precision == "int8" and recipe == QAD:
         from ..int8 import qad
 
         config["quantization"] = qad.qdq_graph(ref, calib, int(options["qad_steps"]), target, log)
-    elif spec.precision == "int8" and recipe == FUSED_RECIPE:
+    elif spec.precision == "int8" and recipe == ONNXRUNTIME_FUSED:
         config["quantization"] = _fused(ref, fp32, target, calib, int(options["qad_steps"]), log)
     elif spec.precision == "int8":
         log(f"quantizing with ONNX Runtime on {len(calib)} calibration images (min-max ranges)")
@@ -130,14 +123,14 @@ def _fused(ref, src, dst, calib, steps: int, log: BuildLog) -> dict[str, Any]:
     from ..int8 import ort_fused
 
     t0 = time.perf_counter()
-    log(f"INT8 recipe {FUSED_RECIPE}: ONNX Runtime's quantize_static graph on {len(calib)} calibration images, "
+    log(f"INT8 recipe {ONNXRUNTIME_FUSED}: ONNX Runtime's quantize_static graph on {len(calib)} calibration images, "
         f"then up to {steps} distillation steps in that graph")
     ptq = _quantize(src, dst, calib)
     ptq_seconds = time.perf_counter() - t0
     record = ort_fused.distill_graph(dst, src, ref.module, calib.tensors(), steps, log)
     seconds = time.perf_counter() - t0
     d = record["distillation"] or {}
-    log(f"INT8 recipe {FUSED_RECIPE} took {seconds:.0f} s: quantize_static {ptq_seconds:.0f} s, "
+    log(f"INT8 recipe {ONNXRUNTIME_FUSED} took {seconds:.0f} s: quantize_static {ptq_seconds:.0f} s, "
         f"{d.get('steps', 0)} distillation steps {d.get('seconds', 0):.0f} s")
     return {**ptq, **record, "ptq_seconds": round(ptq_seconds, 1), "seconds": round(seconds, 1)}
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from ..errors import BuildError
+from .recipes import ONNXRUNTIME_FUSED as RECIPE
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -36,7 +37,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from ..log import BuildLog
 
-RECIPE = "fused-qad"
 # the graph's weight grid: int8 per-channel, 7-bit range (quantize_static's reduce_range: [-64, 64])
 WEIGHT_RANGE = (-64, 64)
 # Adam's step on the weights (the ModelOpt path, ranges fixed, measured 1e-5 best there)
@@ -189,7 +189,7 @@ def _student_class():
                 dtype = self.arrays[src].dtype
                 if dtype == np.int32:  # a bias: quantized at write-back only (its step is tiny)
                     return w
-                lo, hi = WEIGHT_RANGE if dtype == np.int8 else _range(self.arrays, node.input[2])
+                lo, hi = _weight_range(dtype)
                 if scale.numel() == 1:
                     return torch.fake_quantize_per_tensor_affine(w, float(scale), int(zero), lo, hi)
                 if at.get("axis", 1) != 0:
@@ -207,7 +207,15 @@ def _student_class():
 
 def _range(arrays: dict[str, np.ndarray], zero_point: str) -> tuple[int, int]:
     """The integer range of a Q/DQ pair, from its zero point's type (uint8 when it has none)."""
-    dtype = arrays[zero_point].dtype if zero_point else np.dtype(np.uint8)
+    info = np.iinfo(arrays[zero_point].dtype if zero_point else np.uint8)
+    return int(info.min), int(info.max)
+
+
+def _weight_range(dtype: np.dtype) -> tuple[int, int]:
+    """The grid of a quantized weight of ``dtype``: int8 ones are 7-bit (:data:`WEIGHT_RANGE`), others
+    span their type."""
+    if dtype == np.int8:
+        return WEIGHT_RANGE
     info = np.iinfo(dtype)
     return int(info.min), int(info.max)
 
@@ -267,7 +275,7 @@ def write_back(model: "onnx.ModelProto", student) -> dict[str, Any]:
         if scale.size > 1:
             shape = [-1] + [1] * (w.ndim - 1)
             scale, zero = scale.reshape(shape), (zero.reshape(shape) if zero.size > 1 else zero)
-        lo, hi = WEIGHT_RANGE if old.dtype == np.int8 else (int(np.iinfo(old.dtype).min), int(np.iinfo(old.dtype).max))
+        lo, hi = _weight_range(old.dtype)
         q = np.clip(np.round(w / scale) + zero, lo, hi).astype(old.dtype)
         moved += int(np.count_nonzero(q != old))
         total += q.size
@@ -281,7 +289,6 @@ def distill_graph(qdq_path, fp32_path, teacher: "torch.nn.Module", tensors: Sequ
     """Steps 2-4 of the module docstring on the Q/DQ graph at ``qdq_path`` (rewritten in place);
     ``fp32_path`` is the FP32 export it was quantized from. Returns the manifest record."""
     import onnx
-    import torch
 
     from . import qad
 
@@ -290,7 +297,7 @@ def distill_graph(qdq_path, fp32_path, teacher: "torch.nn.Module", tensors: Sequ
     student = _student_class()(model, float_weights(onnx.load(str(fp32_path))), learn_ranges=learn_ranges).eval()
     if not student.trained:
         raise BuildError("the Q/DQ graph has no quantized weights to distil")
-    x = torch.from_numpy(np.concatenate([np.asarray(t, np.float32).reshape(-1, *np.shape(t)[-3:]) for t in tensors]))
+    x = qad.stack(tensors)
     config = qad.QadConfig(steps=steps, lr=lr)
     record: dict[str, Any] = {"tool": "onnxruntime.quantization + torch (the Q/DQ graph run in PyTorch)",
                               "method": "quantization-aware distillation" if steps else "post-training quantization",

@@ -141,12 +141,10 @@ def quantize_and_distill(teacher: "torch.nn.Module", tensors: Sequence[np.ndarra
                          log: "BuildLog", *, quantizer: str = "nncf", recipe: str = "qad") -> QadResult:
     """Steps 1 and 2: PTQ in PyTorch on ``tensors`` (preprocessed calibration images, CHW float32),
     then ``config.steps`` distillation steps against ``teacher`` (the FP32 model, unchanged)."""
-    import torch
-
     if quantizer not in QUANTIZERS:
         raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {quantizer!r}")
     teacher = teacher.eval()
-    x = torch.from_numpy(np.concatenate([np.asarray(t, np.float32).reshape(-1, *np.shape(t)[-3:]) for t in tensors]))
+    x = stack(tensors)
     t0 = time.perf_counter()
     log(f"quantizing in PyTorch with {quantizer} on {len(x)} calibration images (SE gates kept FP32)")
     student, ptq = (_nncf_ptq if quantizer == "nncf" else _modelopt_ptq)(teacher, x, config, log)
@@ -160,6 +158,13 @@ def quantize_and_distill(teacher: "torch.nn.Module", tensors: Sequence[np.ndarra
     }
     record["distillation"] = distill(student, teacher, x, config, log) if config.steps else None
     return QadResult(student, record)
+
+
+def stack(tensors: Sequence[np.ndarray]) -> "torch.Tensor":
+    """Preprocessed calibration images (CHW or NCHW float32 arrays) as one NCHW float32 tensor."""
+    import torch
+
+    return torch.from_numpy(np.concatenate([np.asarray(t, np.float32).reshape(-1, *np.shape(t)[-3:]) for t in tensors]))
 
 
 def _nncf_ptq(teacher, x, config: QadConfig, log: "BuildLog"):

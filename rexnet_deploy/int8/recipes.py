@@ -70,15 +70,15 @@ def check_steps(value: Any) -> int:
     return steps
 
 
-def resolve(recipe: str | None, qad_steps: Any, *, default: str,
-            default_steps: int = DEFAULT_STEPS) -> tuple[str, int | None]:
+def resolve(recipe: str | None, qad_steps: Any, *, default: str, default_steps: int = DEFAULT_STEPS,
+            distilled: tuple[str, ...] = (QAD,)) -> tuple[str, int | None]:
     """The INT8 recipe and its distillation steps: the recipe asked for, else ``qad`` when
-    ``--qad-steps`` is given, else ``default``. ``--qad-steps`` is checked and is only for ``qad``,
-    whose steps default to ``default_steps``; other recipes have none (None)."""
+    ``--qad-steps`` is given, else ``default``. ``--qad-steps`` is checked and is only for the
+    ``distilled`` recipes, whose steps default to ``default_steps``; other recipes have none (None)."""
     recipe = recipe or (QAD if qad_steps is not None else default)
     if qad_steps is not None:
         steps = check_steps(qad_steps)
-        if recipe != QAD:
+        if recipe not in distilled:
             raise UsageError(f"--qad-steps is for --recipe qad, not --recipe {recipe}")
         return recipe, steps
-    return recipe, default_steps if recipe == QAD else None
+    return recipe, default_steps if recipe in distilled else None
