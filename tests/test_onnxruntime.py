@@ -27,8 +27,10 @@ def ort_fp32_path(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def ort_int8_path(tmp_path_factory, calib_dir):
+    """quantize_static's graph, post-training: the graph of the default recipe (fused-qad) before its
+    distillation, which tests/test_ort_int8_fused.py covers."""
     return _build(tmp_path_factory, "ort-int8", "int8", calib=calib_dir, calib_size=24,
-                  check_options={"gate": {"top1_agreement": 0.0}})
+                  backend_options={"recipe": "quantize_static"}, check_options={"gate": {"top1_agreement": 0.0}})
 
 
 def _batch(n: int, seed: int = 0) -> np.ndarray:

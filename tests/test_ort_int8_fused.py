@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import collections
+import importlib.util
 import warnings
 
 import numpy as np
@@ -25,6 +26,12 @@ def _optimized_ops(path, tmp_path) -> collections.Counter:
     so.log_severity_level = 3
     ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     return collections.Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
+
+
+def _initializer(model, name: str) -> list[float]:
+    from onnx import numpy_helper
+
+    return numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == name)).tolist()
 
 
 def _quantized_convs(model) -> tuple[int, int]:
@@ -109,15 +116,23 @@ def test_distilled_graph_keeps_the_placement_onnx_runtime_fuses(tmp_path):
 
     record = ort_fused.distill_graph(graph, fp32, teacher, calib.tensors(), 3, BuildLog())
     assert record["distillation"]["steps"] == 3 and record["write_back"]["tensors"] >= 5
+    assert record["write_back"]["integers_changed"] > 0
+    # the default schedule: weights only (the graph's activation scales kept), warm-up + cosine, every step run
+    assert record["config"]["schedule"] == "cosine" and record["config"]["warmup"] == ort_fused.SCHEDULE["warmup"]
+    assert record["distillation"].get("held_out") is None
+    after = onnx.load(str(graph))
+    assert {n.name: list(n.input) for n in after.graph.node} == {n.name: list(n.input) for n in before.graph.node}
+    for name in {n.input[1] for n in before.graph.node if n.op_type == "QuantizeLinear"}:
+        assert _initializer(after, name) == _initializer(before, name), name
     quantized, floating = _quantized_convs(onnx.load(str(graph)))
     assert quantized == 4 and floating == 0
     ops = _optimized_ops(graph, tmp_path)
     assert ops["QLinearConv"] == quantized and ops["Conv"] + ops["FusedConv"] == floating, dict(ops)
 
 
-def test_the_recipe_is_chosen_explicitly_and_takes_qad_steps():
-    """--recipe fused-qad takes --qad-steps (100 by default); --qad-steps alone still means the
-    ModelOpt qad graph, and quantize_static refuses them in one line."""
+def test_fused_qad_is_the_default_and_takes_qad_steps():
+    """fused-qad is ONNX Runtime's default INT8 recipe, 40 steps unless --qad-steps; --recipe qad
+    (ModelOpt's graph) keeps 100; quantize_static takes no steps and says so in one line."""
     from rexnet_deploy import backends
     from rexnet_deploy.errors import UsageError
     from rexnet_deploy.spec import BuildSpec
@@ -125,11 +140,14 @@ def test_the_recipe_is_chosen_explicitly_and_takes_qad_steps():
     info = backends.get("onnxruntime")
     module = backends.load_module(info, for_build=True)
     spec = BuildSpec(backend="onnxruntime", precision="int8", device="cpu")
-    opts = backends.validate(info, module, spec, {"recipe": "fused-qad"})
-    assert opts["recipe"] == "fused-qad" and opts["qad_steps"] == 100
-    assert backends.validate(info, module, spec, {"recipe": "fused-qad", "qad_steps": 7})["qad_steps"] == 7
-    assert backends.validate(info, module, spec, {})["recipe"] == "quantize_static"
-    with pytest.raises(UsageError, match="--qad-steps is for --recipe qad, not --recipe quantize_static"):
+    opts = backends.validate(info, module, spec, {})
+    assert opts["recipe"] == "fused-qad" and opts["qad_steps"] == 40
+    assert backends.validate(info, module, spec, {"qad_steps": 7})["qad_steps"] == 7
+    assert backends.validate(info, module, spec, {"recipe": "fused-qad", "qad_steps": 7})["recipe"] == "fused-qad"
+    if importlib.util.find_spec("modelopt") is not None:
+        assert backends.validate(info, module, spec, {"recipe": "qad"})["qad_steps"] == 100
+    assert backends.validate(info, module, spec, {"recipe": "quantize_static"})["qad_steps"] is None
+    with pytest.raises(UsageError, match="--qad-steps is for --recipe fused-qad or qad, not --recipe quantize_static"):
         backends.validate(info, module, spec, {"recipe": "quantize_static", "qad_steps": 7})
     with pytest.raises(UsageError, match="--recipe must be one of"):
         backends.validate(info, module, spec, {"recipe": "fused"})
@@ -153,3 +171,27 @@ def test_info_prints_a_fused_qad_artifact():
     info = info_markdown(Manifest.from_json(data), "ort")
     assert "recipe fused-qad: QDQ, uint8 asymmetric, per-tensor activations" in info
     assert "60 distillation steps (kept 40), 180.0 s" in info
+
+
+@pytest.mark.long  # the real ReXNet graph distilled (2 steps of 16 images at 224 px) through the CLI, ~40 s
+def test_cli_int8_default_is_fused_qad_on_the_real_graph(calib_dir, tmp_path):
+    """`build --backend onnxruntime --int8` distils quantize_static's graph in place: the manifest says
+    fused-qad with its schedule, and every quantized convolution of ReXNet still runs as QLinearConv."""
+    import json
+
+    import onnx
+
+    from .conftest import cli_in_process
+
+    out = tmp_path / "ort-int8"
+    r = cli_in_process("build", "--backend", "onnxruntime", "--int8", "--weights", "random", "--calib", str(calib_dir),
+                       "--calib-size", "24", "--qad-steps", "2", "--check-size", "8", "--gate", "top1_agreement=0",
+                       "--out", str(out))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "INT8 recipe fused-qad" in r.stdout + r.stderr and "2 distillation steps" in r.stdout + r.stderr
+    record = json.loads((out / "manifest.json").read_text())["backend_config"]["quantization"]
+    assert record["recipe"] == "fused-qad" and record["distillation"]["steps"] == 2
+    assert record["config"]["activation_ranges"] == "the graph's (fixed)"
+    quantized, floating = _quantized_convs(onnx.load(str(out / "model.onnx")))
+    ops = _optimized_ops(out / "model.onnx", tmp_path)
+    assert quantized == 49 and ops["QLinearConv"] == quantized, dict(ops)

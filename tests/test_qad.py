@@ -239,7 +239,7 @@ def test_qdq_pytorch_graph_follows_tensorrt_rules_and_runs_on_onnxruntime(reques
                                                                           backend):
     """The Q/DQ graph of ModelOpt's PyTorch quantizers (BatchNorm folded; SE gates and depthwise
     convolutions without Q/DQ): TensorRT's ``rexnet`` recipe (PTQ alone) and ONNX Runtime's
-    ``--qad-steps`` (distilled, as TensorRT's default ``qad``). Symmetric int8 everywhere TensorRT looks, no calibration
+    ``--recipe qad`` (distilled, as TensorRT's default ``qad``). Symmetric int8 everywhere TensorRT looks, no calibration
     cache (ranges alone cannot rebuild the folded graph), and close to FP32."""
     pytest.importorskip("modelopt.torch.quantization")
     onnx = pytest.importorskip("onnx")
@@ -249,7 +249,8 @@ def test_qdq_pytorch_graph_follows_tensorrt_rules_and_runs_on_onnxruntime(reques
         path, _ = request.getfixturevalue("trt_int8_rexnet")
     else:
         path = build_artifact(tmp_path_factory, f"{backend}-qad", backend, "int8", calib=calib_dir, calib_size=24,
-                              backend_options={"qad_steps": 2}, check_options={"gate": {"top1_agreement": 0.0}})
+                              backend_options={"recipe": "qad", "qad_steps": 2},
+                              check_options={"gate": {"top1_agreement": 0.0}})
     graph = onnx.load(str(path / "model.onnx"))
     assert trt_rule_violations(graph) == []
     ops = [n.op_type for n in graph.graph.node]

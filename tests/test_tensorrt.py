@@ -473,5 +473,5 @@ def test_onnxruntime_int8_builds_after_a_modelopt_pass_in_the_same_process(trt_i
 
     assert calibrate.MinMaxCalibrater.collect_data.__module__ == "onnxruntime.quantization.calibrate"
     out = build_artifact(tmp_path_factory, "ort-int8-after-trt", "onnxruntime", "int8", calib=calib_dir, calib_size=24,
-                         check_options={"gate": {"top1_agreement": 0.0}})
+                         backend_options={"recipe": "quantize_static"}, check_options={"gate": {"top1_agreement": 0.0}})
     assert (out / "model.onnx").is_file()

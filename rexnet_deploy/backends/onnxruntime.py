@@ -2,12 +2,13 @@
 
 FP32 is the exported graph (:mod:`rexnet_deploy.onnx_export`, proven against PyTorch to 1e-4).
 INT8 is ONNX Runtime's static quantization on the calibration set: QDQ format, uint8 activations
-(asymmetric), int8 per-channel weights. That is the CPU-fast format. TensorRT needs symmetric int8
-activations instead, which ONNX Runtime's CPU kernels run about 3× slower; that graph belongs to the
-TensorRT backend (``--recipe qad`` / ``--qad-steps`` build it here too). ``--recipe fused-qad`` keeps
-the u8 graph, the placement ONNX Runtime fuses into QLinearConv, and distils its weights and
-activation ranges in place (:mod:`rexnet_deploy.int8.ort_fused`): on unseen photos 0.945 top-1
-agreement / 31.3 dB against 0.875 / 28.0 dB, at the same speed (docs/int8-fidelity.md).
+(asymmetric), int8 per-channel weights. That is the CPU-fast format; the default recipe, ``fused-qad``,
+then distils that graph's weights in place for 40 steps (:mod:`rexnet_deploy.int8.ort_fused`; the
+placement ONNX Runtime fuses into QLinearConv unchanged): on unseen photos 0.945 top-1 agreement /
+31.7 dB against 0.875 / 28.0 dB for ``--recipe quantize_static`` (post-training alone, the quick
+recipe), at the same speed (docs/int8-fidelity.md). TensorRT needs symmetric int8 activations
+instead, which ONNX Runtime's CPU kernels run about 3× slower; that graph belongs to the TensorRT
+backend (``--recipe qad`` builds it here too).
 
 FP16 is ModelOpt's autocast graph (FP32 input/output), the graph the TensorRT backend compiles for
 ``--fp16``; it needs the ``trt`` extra. CPUs without FP16 arithmetic run it slower than FP32: it is
@@ -51,14 +52,17 @@ OPTIMIZED = "optimized.onnx"  # the cached graph, in the engine's cache folder
 
 
 def validate(spec: BuildSpec, options: dict[str, Any]) -> dict[str, Any]:
-    """The INT8 recipe resolved (``--recipe``; ``--qad-steps`` alone implies ``qad``) and its steps in
-    range; FP16 and the ``qad`` graph need ModelOpt."""
+    """The INT8 recipe resolved (``--recipe``, default ``fused-qad``) and its steps in range; FP16
+    and the ``qad`` graph need ModelOpt."""
+    from ..int8.ort_fused import SCHEDULE
     from ..int8.recipes import ONNXRUNTIME_DEFAULT, resolve
 
     opts = dict(options)
-    # both distilled graphs take --qad-steps: ModelOpt's (qad) and quantize_static's in place (fused-qad)
+    # both distilled graphs take --qad-steps: quantize_static's in place (fused-qad, 40 by default) and
+    # ModelOpt's (qad, 100)
     opts["recipe"], opts["qad_steps"] = resolve(opts.get("recipe"), opts["qad_steps"], default=ONNXRUNTIME_DEFAULT,
-                                                distilled=(QAD, ONNXRUNTIME_FUSED))
+                                                default_steps={ONNXRUNTIME_FUSED: SCHEDULE["steps"]},
+                                                distilled=(ONNXRUNTIME_FUSED, QAD))
     if (spec.precision == "fp16" or opts["recipe"] == QAD) and importlib.util.find_spec("modelopt") is None:
         raise BackendUnavailable(f"onnxruntime {spec.precision} graphs are made by ModelOpt, which is not installed: "
                                  "pip install 'rexnet-deploy[trt]'")
@@ -124,7 +128,7 @@ def _fused(ref, src, dst, calib, steps: int, log: BuildLog) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     log(f"INT8 recipe {ONNXRUNTIME_FUSED}: ONNX Runtime's quantize_static graph on {len(calib)} calibration images, "
-        f"then up to {steps} distillation steps in that graph")
+        f"then {steps} distillation steps of its weights in that graph")
     ptq = _quantize(src, dst, calib)
     ptq_seconds = time.perf_counter() - t0
     record = ort_fused.distill_graph(dst, src, ref.module, calib.tensors(), steps, log)

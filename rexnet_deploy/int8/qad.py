@@ -233,7 +233,7 @@ def distill(student: "torch.nn.Module", teacher: "torch.nn.Module", x: "torch.Te
     threads = _use_all_cores()
     schedule = (f"{config.warmup} warm-up steps, " if config.warmup else "") + config.schedule
     size = config.train_size or x.shape[-1]
-    log(f"distilling {config.steps} steps at most toward the FP32 logits (KL at temperature {t:g}, Adam lr "
+    log(f"distilling {config.steps} steps{' at most' if n_held else ''} toward the FP32 logits (KL at temperature {t:g}, Adam lr "
         f"{config.lr:g} ({schedule}), batch {config.batch} at {size} px, {threads} threads"
         + (f"; early stop on {n_held} held-out images' SQNR, checked every {config.check_every} steps)"
            if n_held else ")"))
