@@ -33,6 +33,22 @@ def _write_json(path: str | None, data: dict[str, Any]) -> None:
         Path(path).expanduser().write_text(to_json(data))
 
 
+def _cap_onednn(engine_path: Any) -> None:
+    """A command that runs one engine (bench) takes serve's oneDNN cap (rexnet_deploy.cpu.cap_onednn_for),
+    so that its figures are the service's; an unreadable artifact is left to the command's own error."""
+    from .artifact import load_artifact
+    from .cpu import cap_onednn_for
+    from .errors import RexnetDeployError
+
+    try:
+        manifest = load_artifact(engine_path).manifest
+    except (RexnetDeployError, OSError):
+        return
+    line = cap_onednn_for(manifest.backend, manifest.precision)
+    if line:
+        click.echo(line, err=True)
+
+
 def _engine_options(**flags: Any) -> dict[str, Any]:
     """Engine.load options that were given: other backends reject options they do not know."""
     return {k: v for k, v in flags.items() if v}
@@ -188,6 +204,7 @@ def bench_command(engine_path, batches, seconds, warmup, repeat, no_reference, w
     from .spec import parse_batch_list
 
     sizes = parse_batch_list(batches)
+    _cap_onednn(engine_path)
     with progress_bar("benchmarking", quiet) as update:
         report = bench_with_gate(engine_path, batches=sizes, seconds=seconds, warmup=warmup, repeat=repeat,
                                  reference=not no_reference, weights=weights, images=images_dir, baseline=baseline,

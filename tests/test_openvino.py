@@ -4,6 +4,7 @@ on a calibration folder, static/dynamic shapes, throughput mode, threads, torch-
 from __future__ import annotations
 
 import json
+import os
 import threading
 
 import numpy as np
@@ -243,3 +244,71 @@ def test_fp16_and_bf16_builds(tmp_path, ov_fp32_path, precision, weights_dtype):
         size = (engine.artifact.path / "model.bin").stat().st_size
         fp32_size = (ov_fp32_path / "model.bin").stat().st_size
         assert size < 0.6 * fp32_size if precision == "fp16" else size == fp32_size
+
+
+def test_onednn_isa_cap_is_for_openvino_int8_on_amx_cpus_only():
+    """The cap a one-engine process (serve) takes: OpenVINO INT8 on an AMX CPU, and never over a
+    user's own ONEDNN_MAX_CPU_ISA (ALL keeps AMX)."""
+    from rexnet_deploy.cpu import ONEDNN_INT8_CAP, onednn_isa_cap
+
+    amx, vnni = ["avx512f", "avx512_vnni", "amx_tile", "amx_int8"], ["avx512f", "avx512_vnni"]
+    assert onednn_isa_cap("openvino", "int8", flags=amx, env={}) == ONEDNN_INT8_CAP == "AVX512_CORE_VNNI"
+    assert onednn_isa_cap("openvino", "int8", flags=vnni, env={}) is None
+    assert onednn_isa_cap("openvino", "int8", flags=amx, env={"ONEDNN_MAX_CPU_ISA": "ALL"}) is None
+    for backend, precision in (("openvino", "fp32"), ("openvino", "bf16"), ("openvino", "fp16"), ("onnxruntime", "int8"),
+                               ("pt2", "int8")):
+        assert onednn_isa_cap(backend, precision, flags=amx, env={}) is None, (backend, precision)
+
+
+def test_serve_and_bench_cap_onednn_for_an_openvino_int8_engine_on_amx(monkeypatch, ov_int8_path, ov_fp32_path):
+    """`serve` and `bench` (one engine a process) set the cap in their environment (inherited by
+    --workers) and say so in one line; not for other engines."""
+    from rexnet_deploy import cli, cpu
+
+    def fresh_env() -> None:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "restored-by-monkeypatch")  # so that undo removes what is set
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+
+    fresh_env()
+    monkeypatch.setattr(cpu, "cpuinfo_flags", lambda: ["avx512f", "avx512_vnni", "amx_tile"])
+    assert cpu.cap_onednn_for("openvino", "bf16") is None and "ONEDNN_MAX_CPU_ISA" not in os.environ
+    line = cpu.cap_onednn_for("openvino", "int8")
+    assert os.environ["ONEDNN_MAX_CPU_ISA"] == "AVX512_CORE_VNNI"
+    assert "oneDNN capped at AVX512_CORE_VNNI" in line and "ONEDNN_MAX_CPU_ISA=ALL" in line
+    fresh_env()
+    said: list[str] = []
+    monkeypatch.setattr(cli.click, "echo", lambda m="", err=False: said.append(m))
+    cli._cap_onednn(ov_fp32_path)
+    assert said == [] and "ONEDNN_MAX_CPU_ISA" not in os.environ
+    cli._cap_onednn(ov_int8_path)
+    assert os.environ["ONEDNN_MAX_CPU_ISA"] == "AVX512_CORE_VNNI" and len(said) == 1
+    # serve: tests/test_serving_lifecycle.py reads the line from a served INT8 engine on an AMX CPU
+
+
+def _primitives(artifact, env: dict) -> list[str]:
+    """The kernels OpenVINO picked for an engine's convolutions, in a fresh process with ``env``."""
+    import subprocess
+    import sys
+
+    code = ("import json\nfrom rexnet_deploy import Engine\n"
+            f"e = Engine.load({str(artifact)!r})\n"
+            "rts = [o.get_rt_info() for o in e._compiled_for('LATENCY', 1).get_runtime_model().get_ops()]\n"
+            "print(json.dumps([rt['primitiveType'].value for rt in rts if 'Convolution' in rt['layerType'].value]))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={k: v for k, v in {**os.environ, **env}.items() if v is not None})
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_capped_int8_engine_uses_no_amx_kernels(ov_int8_path):
+    """On an AMX CPU, the INT8 engine's convolutions run oneDNN's AMX kernels unless the process is
+    capped as serve caps it; capped, none do (the speed figures are in benchmarks/test_openvino.py)."""
+    from rexnet_deploy.cpu import ONEDNN_INT8_CAP, isa_class
+
+    if isa_class() != "amx":
+        pytest.skip(f"this CPU is {isa_class()}, not amx: OpenVINO uses no AMX kernels here to cap")
+    uncapped = _primitives(ov_int8_path, {"ONEDNN_MAX_CPU_ISA": None})
+    capped = _primitives(ov_int8_path, {"ONEDNN_MAX_CPU_ISA": ONEDNN_INT8_CAP})
+    assert any("amx" in p.lower() for p in uncapped), uncapped
+    assert capped and not any("amx" in p.lower() for p in capped), capped

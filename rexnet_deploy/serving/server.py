@@ -29,6 +29,8 @@ import sys
 import tempfile
 from typing import Any, Callable, Iterator
 
+from .. import backends
+from ..cpu import cap_onednn_for
 from ..errors import UsageError, one_line
 from . import SERVE_EXTRA_MODULES
 
@@ -97,7 +99,12 @@ def serve(engine_path: str | os.PathLike, *, host: str = "127.0.0.1", port: int 
     try:
         # a bad artifact is one line and a non-zero exit, before listening (the supervisor of
         # --workers imports no runtime: only its workers load engines)
-        _check_artifact(engine_path, import_runtime=workers == 1)
+        manifest = _check_artifact(engine_path)
+        capped = cap_onednn_for(manifest.backend, manifest.precision)  # before any runtime starts; workers inherit it
+        if capped:
+            say(capped)
+        if workers == 1:
+            backends.load_module(backends.for_artifact(manifest.backend))
         sock.listen(2048)  # connections from here on wait in the backlog, never refused, until uvicorn accepts
     except BaseException:
         sock.close()
@@ -157,15 +164,15 @@ def serve(engine_path: str | os.PathLike, *, host: str = "127.0.0.1", port: int 
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _check_artifact(engine_path: str | os.PathLike, *, import_runtime: bool) -> None:
+def _check_artifact(engine_path: str | os.PathLike) -> Any:
     """What can fail in loading, checked cheaply: the manifest, every payload checksum, a known
-    backend (and, with ``import_runtime``, its runtime installed); each a one-line error."""
-    from .. import backends
+    backend; each a one-line error. Returns the manifest."""
     from ..artifact import load_artifact
 
-    info = backends.for_artifact(load_artifact(engine_path, verify=True).manifest.backend)
-    if import_runtime:
-        backends.load_module(info)
+    manifest = load_artifact(engine_path, verify=True).manifest
+    backends.for_artifact(manifest.backend)
+    return manifest
+
 
 
 def _config(uvicorn: Any, app: Any, limits: dict[str, float], **options: Any) -> Any:
