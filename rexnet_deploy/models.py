@@ -324,6 +324,8 @@ DEPTHWISE = FloatKept("conv_dw", "depthwise convolutions (FP16 on TensorRT)")
 # of 31.9 on held-out calibration photos (each quantizer switched off alone); pooling gains nothing from int8.
 GLOBAL_POOL = FloatKept("global_pool", "the global-pool input")
 FLOAT_KEPT = (SE_GATES, DEPTHWISE, GLOBAL_POOL)
+# The classifier head (global pool, flatten, fc): FP32 in ONNX Runtime's u8 graph (backends.onnxruntime._head_nodes)
+HEAD = FloatKept("head", "the classifier head")
 
 
 def fold_batchnorm(model: "torch.nn.Module") -> "torch.nn.Module":

@@ -77,11 +77,21 @@ def test_int8_graph_is_qdq_uint8_activations_per_channel_weights(ort_int8_path):
     quantized = {n.name: n.input[1] in producer and producer[n.input[1]].op_type == "DequantizeLinear" for n in convs}
     se = {name for name in quantized if "/se/" in name}
     assert se and not any(quantized[n] for n in se) and all(quantized[n] for n in quantized if n not in se)
+    # so does the head: the final SiLU (Mul(x, Sigmoid(x)); x is the last convolution's quantized
+    # output), the global pool and the classifier: none of their outputs is quantized, the fc weight is float
+    head = [n for n in model.graph.node if n.op_type in ("GlobalAveragePool", "Gemm")]
+    silu = producer[head[0].input[0]]
+    assert [n.op_type for n in head] == ["GlobalAveragePool", "Gemm"] and silu.op_type == "Mul"
+    quantized_inputs = {n.input[0] for n in q}
+    for node in [*head, silu, producer[silu.input[1]]]:
+        assert not set(node.output) & quantized_inputs, node.name
+    assert head[1].input[1] in inits and inits[head[1].input[1]].dtype == np.float32
     with Engine.load(ort_int8_path) as engine:
         m = engine.manifest
         assert m.calibration["n"] == 24 and m.reports["check"]["n_images"] == 16
         q = m.backend_config["quantization"]
         assert q["calib_method"] == "minmax" and q["calib_moving_average_batch"] == 10
+        assert q["fp32_nodes"].endswith(", 5 head nodes")
         assert m.reports["check"]["metrics"]["cosine_mean"] > 0.9
 
 

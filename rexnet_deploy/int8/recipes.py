@@ -55,9 +55,9 @@ OPENVINO_DEFAULT = QAD
 TENSORRT_DEFAULT = QAD
 TENSORRT_ONNX_PTQ = "modelopt"  # the recipe that --calib-method/--exclude/--calib-cache imply
 # ONNX Runtime: quantize_static's u8 graph (the placement ONNX Runtime fuses into QLinearConv), its
-# weights distilled in place for 40 steps (int8.ort_fused.SCHEDULE): 1 min 39 s on 2 idle cores, dev/
-# 0.945 / 31.7 dB against quantize_static's 0.875 / 28.0 dB at the same speed (docs/int8-fidelity.md
-# "ONNX Runtime"); ``quantize_static`` (post-training, under a minute) is the quick one
+# weights distilled in place for 40 steps (int8.ort_fused.SCHEDULE): 1 min 35 s on 2 idle cores, dev/
+# 33.7 dB / min cosine 0.9986 against quantize_static's 28-28.5 dB at the same speed
+# (docs/int8-fidelity.md "ONNX Runtime"); ``quantize_static`` (post-training, under a minute) is the quick one
 ONNXRUNTIME_FUSED = "fused-qad"
 ONNXRUNTIME_DEFAULT = ONNXRUNTIME_FUSED
 # pt2 (PT2E, X86InductorQuantizer): post-training ranges measured 0.890 top-1 agreement on dev/; distillation
