@@ -300,7 +300,7 @@ def _primitives(artifact, env: dict) -> list[str]:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.slow
+@pytest.mark.long  # two fresh processes each compiling the INT8 engine (~10 s); meaningful on AMX CPUs only
 def test_capped_int8_engine_uses_no_amx_kernels(ov_int8_path):
     """On an AMX CPU, the INT8 engine's convolutions run oneDNN's AMX kernels unless the process is
     capped as serve caps it; capped, none do (the speed figures are in benchmarks/test_openvino.py)."""
