@@ -187,8 +187,8 @@ BACKENDS: dict[str, BackendInfo] = {
         runtime_extra="onnxruntime-runtime",
         summary="ONNX graph on ONNX Runtime CPU; FP16 (ModelOpt autocast); INT8 as QDQ with uint8 activations "
                 "(the CPU-fast format), its weights distilled in place; no torch at runtime",
-        options=(Option("recipe", "str", "INT8: 'fused-qad' (quantize_static's u8 graph, its weights then distilled "
-                        "in place: faithful and fast, about 2.5 min on 2 cores), 'quantize_static' (that graph "
+        options=(Option("recipe", "str", "'fused-qad' (quantize_static's u8 graph, its weights then distilled "
+                        "in place: faithful and fast, under 2 min on 2 cores), 'quantize_static' (that graph "
                         "post-training: about 1 min, least faithful) or 'qad' (the distilled Q/DQ graph of TensorRT: "
                         "faithful, slower than FP32 here).",
                         precisions=("int8",), choices=("fused-qad", "quantize_static", "qad"),
