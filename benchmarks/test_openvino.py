@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from rexnet_deploy.cpu import isa_class
+from rexnet_deploy.cpu import cpuinfo_flags, isa_class
 
 from .conftest import HAVE_SHARED, batch_of, build_engine
 
@@ -40,8 +40,7 @@ BATCHES = (1, 32)
 
 
 def _int8_dot_product() -> bool:
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return any(f in flags.split() for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(cpuinfo_flags()))
 
 
 needs_vnni = pytest.mark.xfail(not _int8_dot_product(), strict=False,

@@ -49,7 +49,6 @@ WEIGHT_RANGE = (-64, 64)
 # 1.5x the step time, lr 2e-5 30.8 dB, 5e-6 32.7 dB but decisive 0.969, 60 steps 31.5 dB. With the
 # head FP32 (backends.onnxruntime._head_nodes): 33.7 dB (docs/int8-fidelity.md, "ONNX Runtime").
 SCHEDULE: dict[str, Any] = {"steps": 40, "lr": 1e-5, "warmup": 5, "schedule": "cosine", "patience": 0}
-LR = SCHEDULE["lr"]
 
 
 def _student_class():
@@ -259,7 +258,7 @@ def write_back(model: "onnx.ModelProto", student) -> dict[str, Any]:
 
 
 def distill_graph(qdq_path, fp32_path, teacher: "torch.nn.Module", tensors: Sequence[np.ndarray], steps: int,
-                  log: "BuildLog", *, lr: float = LR, recipe: str = RECIPE) -> dict[str, Any]:
+                  log: "BuildLog") -> dict[str, Any]:
     """Steps 2-4 of the module docstring on the Q/DQ graph at ``qdq_path`` (rewritten in place);
     ``fp32_path`` is the FP32 export it was quantized from; :data:`SCHEDULE` with ``steps`` as its
     cap. Returns the manifest record."""
@@ -273,11 +272,11 @@ def distill_graph(qdq_path, fp32_path, teacher: "torch.nn.Module", tensors: Sequ
     if not student.trained:
         raise BuildError("the Q/DQ graph has no quantized weights to distil")
     x = qad.stack(tensors)
-    config = qad.QadConfig(**{**SCHEDULE, "steps": steps, "lr": lr})
+    config = qad.QadConfig(**{**SCHEDULE, "steps": steps})
     record: dict[str, Any] = {"tool": "onnxruntime.quantization + torch (the Q/DQ graph run in PyTorch)",
                               "method": "quantization-aware distillation" if steps else "post-training quantization",
-                              "recipe": recipe,
-                              "config": {"steps": steps, "lr": lr, "warmup": config.warmup, "schedule": config.schedule,
+                              "recipe": RECIPE,
+                              "config": {"steps": steps, "lr": config.lr, "warmup": config.warmup, "schedule": config.schedule,
                                          "activation_ranges": "the graph's (fixed)"}}
     record["distillation"] = qad.distill(student, teacher.eval(), x, config, log) if steps else None
     record["write_back"] = write_back(model, student)
