@@ -25,7 +25,7 @@ RECIPES = [
     ("tensorrt/modelopt", "tensorrt", {"recipe": "modelopt"}, "ModelOpt ONNX PTQ, entropy (emulated on ORT CPU)"),
     ("tensorrt/rexnet", "tensorrt", {"recipe": "rexnet"}, "ModelOpt PyTorch PTQ, BN folded, SE + depthwise FP16 (emulated)"),
     ("tensorrt/qad", "tensorrt", {}, "tensorrt/rexnet + 100 QAD steps at lr 1e-5 (the default; emulated)"),
-    ("onnxruntime/u8", "onnxruntime", {"recipe": "quantize_static"}, "ORT quantize_static, u8 activations, 7-bit weights, SE gates + head FP32"),
+    ("onnxruntime/u8", "onnxruntime", {"recipe": "quantize_static"}, "ORT quantize_static, u8 activations, 7-bit weights, SE gates + head + stem FP32"),
     ("onnxruntime/qad", "onnxruntime", {"recipe": "qad", "qad_steps": 100}, "the distilled int8 Q/DQ graph of tensorrt/qad"),
     ("onnxruntime/fused-qad", "onnxruntime", {}, "onnxruntime/u8's graph (QLinearConv-fusable), its weights "
      "distilled in place, 40 steps, warm-up + cosine (the default)"),

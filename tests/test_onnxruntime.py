@@ -71,12 +71,18 @@ def test_int8_graph_is_qdq_uint8_activations_per_channel_weights(ort_int8_path):
     # conv weights: int8, per-channel (a vector of scales along axis 0)
     weight_dq = [n for n in dq if n.input[0] in inits and inits[n.input[0]].ndim == 4]
     assert weight_dq and all(inits[n.input[0]].dtype == np.int8 and inits[n.input[1]].ndim == 1 for n in weight_dq)
-    # the squeeze-excitation gates stay FP32 (float weights), every other convolution is int8
+    # the squeeze-excitation gates and the stem stay FP32 (float weights), every other convolution is int8
     producer = {o: n for n in model.graph.node for o in n.output}
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
     quantized = {n.name: n.input[1] in producer and producer[n.input[1]].op_type == "DequantizeLinear" for n in convs}
     se = {name for name in quantized if "/se/" in name}
-    assert se and not any(quantized[n] for n in se) and all(quantized[n] for n in quantized if n not in se)
+    assert se and not any(quantized[n] for n in se) and not quantized["/stem/conv/Conv"]
+    assert all(quantized[n] for n in quantized if n not in se and n != "/stem/conv/Conv")
+    # inside the stem (convolution, Sigmoid, Mul) nothing is quantized: neither the image nor the
+    # convolution's or the sigmoid's output (the product is, where the first int8 convolution reads it)
+    stem = {n.op_type: n for n in model.graph.node if n.name.startswith("/stem/") and n.op_type in ("Conv", "Sigmoid", "Mul")}
+    assert len(stem) == 3
+    assert not {model.graph.input[0].name, stem["Conv"].output[0], stem["Sigmoid"].output[0]} & {n.input[0] for n in q}
     # so does the head: the final SiLU (Mul(x, Sigmoid(x)); x is the last convolution's quantized
     # output), the global pool and the classifier: none of their outputs is quantized, the fc weight is float
     head = [n for n in model.graph.node if n.op_type in ("GlobalAveragePool", "Gemm")]
@@ -91,7 +97,7 @@ def test_int8_graph_is_qdq_uint8_activations_per_channel_weights(ort_int8_path):
         assert m.calibration["n"] == 24 and m.reports["check"]["n_images"] == 16
         q = m.backend_config["quantization"]
         assert q["calib_method"] == "minmax" and q["calib_moving_average_batch"] == 10
-        assert q["fp32_nodes"].endswith(", 5 head nodes")
+        assert q["fp32_nodes"].endswith(", 5 head nodes, 3 stem nodes")
         assert m.reports["check"]["metrics"]["cosine_mean"] > 0.9
 
 

@@ -466,6 +466,7 @@ def test_cuda_errors_become_one_line_runtime_errors():
         assert "CUDA" in HOST_PROBLEM or "tensorrt" in HOST_PROBLEM
 
 
+@pytest.mark.long  # a further INT8 build (~7 s) guarding one interaction; the default tier stays near 6 min
 def test_onnxruntime_int8_builds_after_a_modelopt_pass_in_the_same_process(trt_int8, tmp_path_factory, calib_dir):
     """ModelOpt patches ONNX Runtime's calibrators process-wide while it quantizes; the pass puts
     them back, so ONNX Runtime's own INT8 (quantize_static) still works afterwards (matrix, benchmarks)."""

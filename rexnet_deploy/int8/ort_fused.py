@@ -7,8 +7,8 @@ a separate pass). This recipe keeps the placement and distils the weights *in* i
 
 1. **The graph**: the backend's post-training quantization (``quantize_static``: u8 asymmetric
    per-tensor activations, min-max averaged per batch; int8 7-bit per-channel weights; the
-   squeeze-excitation gates and the classifier head FP32), i.e. exactly the nodes, scales and zero
-   points the provider fuses.
+   squeeze-excitation gates, the stem and the classifier head FP32), i.e. exactly the nodes, scales
+   and zero points the provider fuses.
 2. **The student**: :class:`GraphStudent` runs that ONNX graph in PyTorch, op by op: every
    activation Q/DQ pair as a fake-quantize with the graph's scale and zero point (straight-through
    rounding, gradient clipped outside the range), every weight as a trainable FP32 tensor (from the
@@ -47,7 +47,8 @@ WEIGHT_RANGE = (-64, 64)
 # dev/ (200 unseen-class photos, 2-vCPU Xeon; the graph's head still quantized then) it measured
 # 0.945 top-1 / 31.7 dB in 72 s of distillation; learned ranges at the same schedule 0.910 / 31.3 dB at
 # 1.5x the step time, lr 2e-5 30.8 dB, 5e-6 32.7 dB but decisive 0.969, 60 steps 31.5 dB. With the
-# head FP32 (backends.onnxruntime._head_nodes): 33.7 dB (docs/int8-fidelity.md, "ONNX Runtime").
+# head FP32 (backends.onnxruntime._head_nodes): 33.7 dB; with the stem FP32 too (models.STEM): 34.4-34.6 dB
+# over three distillation seeds (docs/int8-fidelity.md, "ONNX Runtime").
 SCHEDULE: dict[str, Any] = {"steps": 40, "lr": 1e-5, "warmup": 5, "schedule": "cosine", "patience": 0}
 
 
