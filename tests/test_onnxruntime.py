@@ -80,15 +80,15 @@ def test_int8_graph_is_qdq_uint8_activations_per_channel_weights(ort_int8_path):
     assert all(quantized[n] for n in quantized if n not in se and n != "/stem/conv/Conv")
     # inside the stem (convolution, Sigmoid, Mul) nothing is quantized: neither the image nor the
     # convolution's or the sigmoid's output (the product is, where the first int8 convolution reads it)
+    quantized_inputs = {n.input[0] for n in q}
     stem = {n.op_type: n for n in model.graph.node if n.name.startswith("/stem/") and n.op_type in ("Conv", "Sigmoid", "Mul")}
     assert len(stem) == 3
-    assert not {model.graph.input[0].name, stem["Conv"].output[0], stem["Sigmoid"].output[0]} & {n.input[0] for n in q}
+    assert not {model.graph.input[0].name, stem["Conv"].output[0], stem["Sigmoid"].output[0]} & quantized_inputs
     # so does the head: the final SiLU (Mul(x, Sigmoid(x)); x is the last convolution's quantized
     # output), the global pool and the classifier: none of their outputs is quantized, the fc weight is float
     head = [n for n in model.graph.node if n.op_type in ("GlobalAveragePool", "Gemm")]
     silu = producer[head[0].input[0]]
     assert [n.op_type for n in head] == ["GlobalAveragePool", "Gemm"] and silu.op_type == "Mul"
-    quantized_inputs = {n.input[0] for n in q}
     for node in [*head, silu, producer[silu.input[1]]]:
         assert not set(node.output) & quantized_inputs, node.name
     assert head[1].input[1] in inits and inits[head[1].input[1]].dtype == np.float32

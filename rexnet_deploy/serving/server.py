@@ -99,12 +99,12 @@ def serve(engine_path: str | os.PathLike, *, host: str = "127.0.0.1", port: int 
     try:
         # a bad artifact is one line and a non-zero exit, before listening (the supervisor of
         # --workers imports no runtime: only its workers load engines)
-        manifest = _check_artifact(engine_path)
+        manifest, info = _check_artifact(engine_path)
         capped = cap_onednn_for(manifest.backend, manifest.precision)  # before any runtime starts; workers inherit it
         if capped:
             say(capped)
         if workers == 1:
-            backends.load_module(backends.for_artifact(manifest.backend))
+            backends.load_module(info)
         sock.listen(2048)  # connections from here on wait in the backlog, never refused, until uvicorn accepts
     except BaseException:
         sock.close()
@@ -164,15 +164,13 @@ def serve(engine_path: str | os.PathLike, *, host: str = "127.0.0.1", port: int 
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _check_artifact(engine_path: str | os.PathLike) -> Any:
+def _check_artifact(engine_path: str | os.PathLike) -> tuple[Any, "backends.BackendInfo"]:
     """What can fail in loading, checked cheaply: the manifest, every payload checksum, a known
-    backend; each a one-line error. Returns the manifest."""
+    backend; each a one-line error. Returns the manifest and its backend's registry entry."""
     from ..artifact import load_artifact
 
     manifest = load_artifact(engine_path, verify=True).manifest
-    backends.for_artifact(manifest.backend)
-    return manifest
-
+    return manifest, backends.for_artifact(manifest.backend)
 
 
 def _config(uvicorn: Any, app: Any, limits: dict[str, float], **options: Any) -> Any:
