@@ -143,8 +143,11 @@ def quantize_and_distill(teacher: "torch.nn.Module", tensors: Sequence[np.ndarra
     then ``config.steps`` distillation steps against ``teacher`` (the FP32 model, unchanged)."""
     if quantizer not in QUANTIZERS:
         raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {quantizer!r}")
+    import torch
+
     teacher = teacher.eval()
     x = stack(tensors)
+    torch.set_num_threads(_distill_threads()[0])  # the PTQ's forward passes too (distill sizes its own)
     t0 = time.perf_counter()
     log(f"quantizing in PyTorch with {quantizer} on {len(x)} calibration images (SE gates kept FP32)")
     student, ptq = (_nncf_ptq if quantizer == "nncf" else _modelopt_ptq)(teacher, x, config, log)
@@ -230,11 +233,12 @@ def distill(student: "torch.nn.Module", teacher: "torch.nn.Module", x: "torch.Te
     n_held = int(round(config.holdout * len(x))) if config.patience and len(x) >= 10 else 0
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(config.seed + 1))
     held, train = x[order[:n_held]], x[order[n_held:]]
-    threads = _use_all_cores()
+    threads, threads_why = _distill_threads()
+    torch.set_num_threads(threads)  # left so for the build's later stages: the machine is as busy
     schedule = (f"{config.warmup} warm-up steps, " if config.warmup else "") + config.schedule
     size = config.train_size or x.shape[-1]
     log(f"distilling {config.steps} steps{' at most' if n_held else ''} toward the FP32 logits (KL at temperature {t:g}, Adam lr "
-        f"{config.lr:g} ({schedule}), batch {config.batch} at {size} px, {threads} threads"
+        f"{config.lr:g} ({schedule}), batch {config.batch} at {size} px, {threads} thread{'s' * (threads != 1)} ({threads_why})"
         + (f"; early stop on {n_held} held-out images' SQNR, checked every {config.check_every} steps)"
            if n_held else ")"))
     with torch.inference_mode():
@@ -297,7 +301,7 @@ def distill(student: "torch.nn.Module", teacher: "torch.nn.Module", x: "torch.Te
             "held_out": ({"images": n_held, "every": config.check_every, "patience": config.patience,
                           "min_gain_db": config.min_gain_db,
                           "sqnr_db_curve": [[s_, round(db, 2)] for s_, db in checks]} if n_held else None),
-            "threads": threads, "seconds": round(seconds, 1),
+            "threads": threads, "threads_why": threads_why, "seconds": round(seconds, 1),
             "seconds_split": {k: round(v, 1) for k, v in timing.items()},
             "data": "augmented calibration images (random resized crop 0.35-1, flip); no labels"}
 
@@ -339,16 +343,24 @@ def _logits(model, x, batch: int):
     return torch.cat([model(x[i:i + batch]) for i in range(0, len(x), batch)])
 
 
-def _use_all_cores() -> int:
-    """Distillation is the build's longest stage: give torch every core this process may use,
-    unless the user pinned a thread count (OMP_NUM_THREADS)."""
+def _distill_threads() -> tuple[int, str]:
+    """Distillation is the build's longest stage: torch's threads for it, and why. Every core this
+    process may use, less those other processes are busy on now (two jobs of one thread per core
+    wait on each other: 313 s against 138 s for ONNX Runtime's default 40 steps beside another
+    build on 2 vCPUs, ``rexnet_deploy.cpu_load``), unless the user pinned a count (OMP_NUM_THREADS).
+    Torch's result depends on its thread count in the last bits, so a pinned count is also what
+    makes two builds on one machine identical whatever else it runs."""
     import torch
 
-    if not os.environ.get("OMP_NUM_THREADS"):
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        if torch.get_num_threads() < cores:
-            torch.set_num_threads(cores)
-    return torch.get_num_threads()
+    from .. import cpu_load
+
+    if os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads(), "OMP_NUM_THREADS"
+    cores = len(cpu_load.allowed_cpus())
+    elsewhere = cpu_load.busy_elsewhere()
+    threads = cpu_load.free_threads(cores, elsewhere)
+    why = "every core" if threads == cores else f"other processes busy on {elsewhere:.1f} of {cores} cores"
+    return threads, why
 
 
 def augment(x: "torch.Tensor", gen: "torch.Generator") -> "torch.Tensor":
