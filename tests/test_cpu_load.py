@@ -36,7 +36,7 @@ def test_free_threads_leave_the_busy_cores_to_their_owners():
     assert cpu_load.free_threads(4, None) == 4  # unknown load: every core, as before
 
 
-def test_a_busy_process_is_seen_and_this_process_is_not():
+def test_a_busy_process_is_seen():
     """A child spinning on one core reads as about one core busy elsewhere."""
     if cpu_load.busy_elsewhere(window=0.05) is None:
         pytest.skip("no /proc/stat here")
