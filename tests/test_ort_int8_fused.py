@@ -71,6 +71,7 @@ def test_distilled_graph_keeps_the_placement_onnx_runtime_fuses(tmp_path):
 
     from rexnet_deploy.backends import onnxruntime as ort_backend
     from rexnet_deploy.int8 import ort_fused
+    from rexnet_deploy.int8.qad import QadConfig
     from rexnet_deploy.log import BuildLog
     from rexnet_deploy.ort_session import cpu_session
 
@@ -120,6 +121,8 @@ def test_distilled_graph_keeps_the_placement_onnx_runtime_fuses(tmp_path):
     assert record["write_back"]["integers_changed"] > 0
     # the default schedule: weights only (the graph's activation scales kept), warm-up + cosine, every step run
     assert record["config"]["schedule"] == "cosine" and record["config"]["warmup"] == ort_fused.SCHEDULE["warmup"]
+    assert record["config"]["min_crop_area"] == ort_fused.SCHEDULE["min_crop_area"] < QadConfig().min_crop_area
+    assert f"crop {ort_fused.SCHEDULE['min_crop_area']:g}-1" in record["distillation"]["data"]
     assert record["distillation"].get("held_out") is None
     after = onnx.load(str(graph))
     assert {n.name: list(n.input) for n in after.graph.node} == {n.name: list(n.input) for n in before.graph.node}

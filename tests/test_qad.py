@@ -38,6 +38,22 @@ def test_augment_makes_seeded_views_of_the_same_shape():
     assert not torch.equal(a, x)  # crops and flips, not the input
 
 
+def test_smaller_crops_zoom_in():
+    """min_area bounds the crop: on a horizontal ramp a view's left-right spread is its crop's
+    width, so views of at least 8% of the image span less of the ramp than views of at least 35%."""
+    from rexnet_deploy.int8.qad import augment
+
+    ramp = torch.linspace(-1, 1, 64).expand(64, 3, 64, 64).clone()
+
+    def spread(min_area: float) -> float:
+        v = augment(ramp, torch.Generator().manual_seed(0), min_area=min_area)
+        return float((v[..., -1] - v[..., 0]).abs().mean())
+
+    assert spread(0.08) < 0.9 * spread(0.35) < 0.9 * spread(1.0)
+    with pytest.raises(UsageError, match="min_crop_area"):
+        QadConfig(min_crop_area=0)
+
+
 class _Tiny(torch.nn.Module):
     def __init__(self):
         super().__init__()

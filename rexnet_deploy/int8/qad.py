@@ -96,6 +96,10 @@ class QadConfig:
     # at ``steps`` (the cap).
     warmup: int = 0
     schedule: str = "constant"
+    # The training views' random resized crops cover ``min_crop_area``..1 of the calibration image.
+    # Smaller crops show the teacher views it is less sure of (the stand-in knows the calibration
+    # photos by heart), closer to the near ties of unseen photos that decide top-1 and top-2.
+    min_crop_area: float = 0.35
 
     def __post_init__(self) -> None:
         check_steps(self.steps)
@@ -107,6 +111,8 @@ class QadConfig:
             raise UsageError(f"QAD schedule must be constant or cosine with warmup >= 0, got {self.schedule!r}")
         if self.train_size is not None and self.train_size < 32:
             raise UsageError(f"QAD train_size must be at least 32 pixels, got {self.train_size}")
+        if not 0 < self.min_crop_area <= 1:
+            raise UsageError(f"QAD min_crop_area must be in (0, 1], got {self.min_crop_area}")
         if self.activations not in ("mixed", "performance"):
             raise UsageError(f"QAD activations preset must be mixed or performance, got {self.activations!r}")
 
@@ -254,7 +260,7 @@ def distill(student: "torch.nn.Module", teacher: "torch.nn.Module", x: "torch.Te
     step = 0
     for step in range(1, config.steps + 1):
         idx = torch.randperm(len(train), generator=gen)[:config.batch]
-        views = augment(train[idx], gen)
+        views = augment(train[idx], gen, min_area=config.min_crop_area)
         if config.train_size and config.train_size != views.shape[-1]:
             views = F.interpolate(views, size=(config.train_size, config.train_size), mode="bilinear",
                                   align_corners=False, antialias=True)
@@ -303,7 +309,7 @@ def distill(student: "torch.nn.Module", teacher: "torch.nn.Module", x: "torch.Te
                           "sqnr_db_curve": [[s_, round(db, 2)] for s_, db in checks]} if n_held else None),
             "threads": threads, "threads_why": threads_why, "seconds": round(seconds, 1),
             "seconds_split": {k: round(v, 1) for k, v in timing.items()},
-            "data": "augmented calibration images (random resized crop 0.35-1, flip); no labels"}
+            "data": f"augmented calibration images (random resized crop {config.min_crop_area:g}-1, flip); no labels"}
 
 
 def _lr_factor(i: int, config: QadConfig) -> float:
@@ -363,9 +369,9 @@ def _distill_threads() -> tuple[int, str]:
     return threads, why
 
 
-def augment(x: "torch.Tensor", gen: "torch.Generator") -> "torch.Tensor":
-    """Random resized crops (area 0.35–1, aspect 3/4–4/3) back to the input size, half of them
-    flipped: new views of the calibration photos in the already normalised tensor space."""
+def augment(x: "torch.Tensor", gen: "torch.Generator", min_area: float = 0.35) -> "torch.Tensor":
+    """Random resized crops (area ``min_area``–1, aspect 3/4–4/3) back to the input size, half of
+    them flipped: new views of the calibration photos in the already normalised tensor space."""
     import torch
     import torch.nn.functional as F
 
@@ -373,7 +379,7 @@ def augment(x: "torch.Tensor", gen: "torch.Generator") -> "torch.Tensor":
     out = torch.empty_like(x)
     u = torch.rand(n, 5, generator=gen).numpy()
     for i in range(n):
-        area = 0.35 + 0.65 * u[i, 0]
+        area = min_area + (1 - min_area) * u[i, 0]
         ratio = float(np.exp(np.log(3 / 4) + u[i, 1] * np.log(16 / 9)))
         ch = min(h, max(8, int(round(h * np.sqrt(area / ratio)))))
         cw = min(w, max(8, int(round(w * np.sqrt(area * ratio)))))

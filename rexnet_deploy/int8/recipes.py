@@ -55,8 +55,8 @@ OPENVINO_DEFAULT = QAD
 TENSORRT_DEFAULT = QAD
 TENSORRT_ONNX_PTQ = "modelopt"  # the recipe that --calib-method/--exclude/--calib-cache imply
 # ONNX Runtime: quantize_static's u8 graph (the placement ONNX Runtime fuses into QLinearConv), its
-# weights distilled in place for 40 steps (int8.ort_fused.SCHEDULE): 1 min 30 s on 2 idle cores, dev/
-# 34.6 dB / min cosine 0.9991 against quantize_static's 30.0 dB at the same speed
+# weights distilled in place for 40 steps (int8.ort_fused.SCHEDULE): 1 min 42 s on 2 idle cores, dev/
+# 34.65 dB / min cosine 0.9992 against quantize_static's 30.0 dB at the same speed
 # (docs/int8-fidelity.md "ONNX Runtime"); ``quantize_static`` (post-training, under a minute) is the quick one
 ONNXRUNTIME_FUSED = "fused-qad"
 ONNXRUNTIME_DEFAULT = ONNXRUNTIME_FUSED
