@@ -28,7 +28,7 @@ RECIPES = [
     ("onnxruntime/u8", "onnxruntime", {"recipe": "quantize_static"}, "ORT quantize_static, u8 activations, 7-bit weights, SE gates + head + stem FP32"),
     ("onnxruntime/qad", "onnxruntime", {"recipe": "qad", "qad_steps": 100}, "the distilled int8 Q/DQ graph of tensorrt/qad"),
     ("onnxruntime/fused-qad", "onnxruntime", {}, "onnxruntime/u8's graph (QLinearConv-fusable), its weights "
-     "distilled in place, 40 steps, warm-up + cosine (the default)"),
+     "distilled in place, 40 steps, warm-up + cosine, crops 0.08-1 (the default)"),
     ("pt2/ptq", "pt2", {"recipe": "ptq"}, "PT2E X86InductorQuantizer defaults (u8 activations), SE gates float"),
     ("pt2/qad", "pt2", {}, "PT2E QAT graph (same quantizer) + 100 distillation steps (the default)"),
     ("pt2/qad-float-depthwise", "pt2", {"float_depthwise": True}, "pt2/qad with the depthwise convolutions in FP32"),
