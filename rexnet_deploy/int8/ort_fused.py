@@ -51,7 +51,7 @@ WEIGHT_RANGE = (-64, 64)
 # head FP32 (backends.onnxruntime._head_nodes): 33.7 dB; with the stem FP32 too (models.STEM): 34.4-34.6 dB
 # over three distillation seeds (docs/int8-fidelity.md, "ONNX Runtime"). Crops down to 8% of the image
 # (0.35 before): over distillation seeds 0-4 decisive 0.994-1.000 and top-2 1.000 every time, against
-# 0.981-0.994 and 0.990-1.000 (three of five seeds under the 0.99 / 0.995), SQNR the same
+# 0.981-0.994 and 0.990-1.000 (under the 0.99 / 0.995 on three / two of five seeds), SQNR the same
 # (34.4-34.9 dB) and top-1 0.935-0.950 against 0.925-0.960.
 SCHEDULE: dict[str, Any] = {"steps": 40, "lr": 1e-5, "warmup": 5, "schedule": "cosine", "patience": 0,
                             "min_crop_area": 0.08}
