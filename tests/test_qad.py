@@ -294,6 +294,7 @@ def test_qdq_pytorch_graph_follows_tensorrt_rules_and_runs_on_onnxruntime(reques
 
 
 @pytest.mark.slow
+@pytest.mark.long  # ~13 s; the default tier keeps the rexnet-recipe Q/DQ graph (the same PTQ, the same rules) and stays near 6 min
 def test_tensorrt_default_recipe_distills_and_its_fp16_graph_keeps_the_rules(tmp_path_factory, calib_dir):
     """TensorRT's default INT8 recipe, ``qad``, at a few steps (``--qad-steps 2``; the default 100
     take minutes and are measured by benchmarks/int8_recipes.py): ModelOpt's PyTorch PTQ, distillation

@@ -206,6 +206,7 @@ def test_info_reads_the_unquantized_convs_of_new_and_old_manifests(trt_int8):
     assert m["backend_config"]["calib_cache"]["tensors"] == qp["activation_tensors"] > 50
 
 
+@pytest.mark.long  # ~9 s: a second ModelOpt ONNX PTQ build; the default tier stays near 6 min
 def test_calibration_cache_rebuilds_the_same_graph_without_images(trt_int8, tmp_path):
     from rexnet_deploy import BuildSpec, ModelSpec, WeightsSpec, build
 
