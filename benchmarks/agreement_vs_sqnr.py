@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 GAINS_DB = np.round(np.arange(-2.0, 8.01, 0.5), 2)
+AS_MEASURED = list(GAINS_DB).index(0.0)  # the row of a curve at gain 0: the engine as it is
 
 
 def scaled_agreement(reference: np.ndarray, output: np.ndarray,
@@ -39,12 +40,14 @@ def scaled_agreement(reference: np.ndarray, output: np.ndarray,
     return rows
 
 
+def mean_curve(curves: Sequence[Sequence[dict[str, float]]]) -> list[dict[str, float]]:
+    """The engines' curves averaged per gain (every metric; the gains must be the same)."""
+    return [{k: float(np.mean([c[i][k] for c in curves])) for k in curves[0][i]} for i in range(len(curves[0]))]
+
+
 def sqnr_for(curves: Sequence[Sequence[dict[str, float]]], target: float, metric: str = "top1") -> float | None:
     """The lowest mean SQNR at which the engines' mean ``metric`` reaches ``target`` (None: not within the gains)."""
-    for i in range(len(curves[0])):
-        if np.mean([c[i][metric] for c in curves]) >= target:
-            return float(np.mean([c[i]["sqnr_db"] for c in curves]))
-    return None
+    return next((row["sqnr_db"] for row in mean_curve(curves) if row[metric] >= target), None)
 
 
 def main() -> None:
@@ -72,18 +75,17 @@ def main() -> None:
             x = engine.preprocess(files)
             reference = TorchReference.from_manifest(engine.manifest, weights=args.weights)
             reference_logits = np.concatenate([reference(x[i:i + 32])[0] for i in range(0, len(x), 32)]).astype(np.float64)
-        out = np.concatenate([engine.infer(x[i:i + 32])[0] for i in range(0, len(x), 32)])
-        curves[str(path)] = scaled_agreement(reference_logits, out)
+        curves[str(path)] = scaled_agreement(reference_logits, engine.infer(x)[0])  # infer chunks to the engine's batches
         engine.close()
     table = list(curves.values())
-    zero = list(GAINS_DB).index(0.0)
     print(f"{len(files)} photos of {args.images}, {len(table)} engine(s); measured: "
-          + ", ".join(f"{Path(p).name} {c[zero]['top1']:.3f} @ {c[zero]['sqnr_db']:.2f} dB" for p, c in curves.items()))
+          + ", ".join(f"{Path(p).name} {c[AS_MEASURED]['top1']:.3f} @ {c[AS_MEASURED]['sqnr_db']:.2f} dB"
+                      for p, c in curves.items()))
     print("| SQNR dB (mean) | top-1 mean | top-1 min | top-1 max | decisive mean | top-2 mean |\n|---:|---:|---:|---:|---:|---:|")
-    for i in range(len(GAINS_DB)):
+    for i, mean in enumerate(mean_curve(table)):
         top1 = [c[i]["top1"] for c in table]
-        print(f"| {np.mean([c[i]['sqnr_db'] for c in table]):.2f} | {np.mean(top1):.3f} | {min(top1):.3f} | "
-              f"{max(top1):.3f} | {np.mean([c[i]['decisive'] for c in table]):.3f} | {np.mean([c[i]['top2'] for c in table]):.3f} |")
+        print(f"| {mean['sqnr_db']:.2f} | {mean['top1']:.3f} | {min(top1):.3f} | {max(top1):.3f} | "
+              f"{mean['decisive']:.3f} | {mean['top2']:.3f} |")
     for target in (float(t) for t in args.targets.split(",") if t):
         db = sqnr_for(table, target)
         print(f"mean top-1 >= {target:g}: " + (f"from {db:.1f} dB" if db is not None else "not within +8 dB"))
@@ -99,12 +101,9 @@ def _plot(curves: dict[str, Any], path: str, title: str) -> None:
     fig, ax = _pyplot().subplots(figsize=(6.4, 4.2))
     for curve in curves.values():
         ax.plot([r["sqnr_db"] for r in curve], [r["top1"] for r in curve], color="0.75", lw=0.8)
-        measured = curve[list(GAINS_DB).index(0.0)]
-        ax.plot(measured["sqnr_db"], measured["top1"], "o", color="tab:blue", ms=3)
-    table = list(curves.values())
-    ax.plot([np.mean([c[i]["sqnr_db"] for c in table]) for i in range(len(GAINS_DB))],
-            [np.mean([c[i]["top1"] for c in table]) for i in range(len(GAINS_DB))], color="tab:red", lw=2,
-            label="mean over engines")
+        ax.plot(curve[AS_MEASURED]["sqnr_db"], curve[AS_MEASURED]["top1"], "o", color="tab:blue", ms=3)
+    mean = mean_curve(list(curves.values()))
+    ax.plot([r["sqnr_db"] for r in mean], [r["top1"] for r in mean], color="tab:red", lw=2, label="mean over engines")
     ax.axhline(0.95, color="k", ls=":", lw=0.8)
     ax.set_xlabel("logit SQNR vs FP32 (dB)")
     ax.set_ylabel("top-1 agreement")
