@@ -369,7 +369,7 @@ def _distill_threads() -> tuple[int, str]:
     return threads, why
 
 
-def augment(x: "torch.Tensor", gen: "torch.Generator", min_area: float = 0.35) -> "torch.Tensor":
+def augment(x: "torch.Tensor", gen: "torch.Generator", min_area: float = QadConfig.min_crop_area) -> "torch.Tensor":
     """Random resized crops (area ``min_area``–1, aspect 3/4–4/3) back to the input size, half of
     them flipped: new views of the calibration photos in the already normalised tensor space."""
     import torch
