@@ -21,7 +21,7 @@ RECIPES = [
     ("openvino/nncf", "openvino", {"recipe": "nncf"}, "NNCF defaults (what a user gets without us)"),
     ("openvino/rexnet", "openvino", {"recipe": "rexnet"}, "NNCF PTQ, 7-bit weights everywhere (the fast recipe)"),
     ("openvino/qad", "openvino", {}, "PyTorch PTQ (SE FP32, asymmetric activations) + QAD on 160 px views, "
-     "warm-up + cosine, at most 80 steps, early stop (the default)"),
+     "warm-up + cosine, at most 120 steps, early stop (the default)"),
     ("tensorrt/modelopt", "tensorrt", {"recipe": "modelopt"}, "ModelOpt ONNX PTQ, entropy (emulated on ORT CPU)"),
     ("tensorrt/rexnet", "tensorrt", {"recipe": "rexnet"}, "ModelOpt PyTorch PTQ, BN folded, SE + depthwise FP16 (emulated)"),
     ("tensorrt/qad", "tensorrt", {}, "tensorrt/rexnet + 100 QAD steps at lr 1e-5 (the default; emulated)"),

@@ -172,17 +172,18 @@ def test_distillation_trains_on_views_of_train_size_and_checks_at_full_size():
 
 
 def test_openvino_qad_uses_the_nncf_schedule_and_its_step_cap():
-    """OpenVINO's ``qad`` is the NNCF schedule (160 px views, warm-up + cosine, 80-step cap); --qad-steps
-    replaces the cap only."""
+    """OpenVINO's ``qad`` is the NNCF schedule (160 px views, warm-up + cosine, 120-step cap); --qad-steps
+    replaces the cap (and the early stop's first step with it) only."""
     from rexnet_deploy.backends import openvino_int8
     from rexnet_deploy.int8.qad import NNCF_SCHEDULE, nncf_config
 
     opts = {"subset_size": None, "max_drop": None, "recipe": "qad", "fast_bias_correction": True, "preset": None}
-    assert openvino_int8.validate(dict(opts))["qad_steps"] == NNCF_SCHEDULE["steps"] == 80
+    assert openvino_int8.validate(dict(opts))["qad_steps"] == NNCF_SCHEDULE["steps"] == 120
     assert openvino_int8.validate(dict(opts, qad_steps=7))["qad_steps"] == 7
     cfg = nncf_config(7, activations="mixed")
     assert (cfg.steps, cfg.train_size, cfg.schedule, cfg.warmup, cfg.lr) == (7, 160, "cosine", 10, 1e-4)
-    assert nncf_config().steps == 80
+    assert (nncf_config().steps, nncf_config().min_steps) == (120, 90)
+    assert nncf_config(160).min_steps == 120  # the early stop judged over the cosine's last quarter
 
 
 def test_openvino_max_drop_implies_a_post_training_recipe_whatever_the_default(monkeypatch):
