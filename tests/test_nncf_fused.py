@@ -74,7 +74,15 @@ def test_a_failed_compile_or_check_leaves_nncfs_own_kernels(monkeypatch):
     with nncf_fused.installed(as_build_log(lines.append)) as record:
         assert quantize_functions.QuantizedFunctionsCPU is nncf_cpu
     assert record["fused_kernels_not_used"] == "output differs from NNCF's"
-    assert [line.split(" (")[0] for line in lines] == ["fused fake-quantize kernels not used"] * 2
+
+    def check_raises(dispatch):
+        raise TypeError("Quantize_backward() takes 7 arguments")
+
+    monkeypatch.setattr(nncf_fused, "agrees_with_nncf", check_raises)
+    with nncf_fused.installed(as_build_log(lines.append)) as record:
+        assert quantize_functions.QuantizedFunctionsCPU is nncf_cpu
+    assert record["fused_kernels_not_used"] == "self-check failed (TypeError: Quantize_backward() takes 7 arguments)"
+    assert [line.split(" (")[0] for line in lines] == ["fused fake-quantize kernels not used"] * 3
 
 
 class _Net(torch.nn.Module):

@@ -216,6 +216,11 @@ def agrees_with_nncf(dispatch: _Dispatch) -> str | None:
     return None
 
 
+def _one_line(e: Exception) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[-1] if lines else ''}"
+
+
 @contextlib.contextmanager
 def installed(log: "BuildLog") -> Iterator[dict[str, Any]]:
     """NNCF's CPU fake-quantize kernels replaced by the fused ones inside the block. Yields a record
@@ -224,14 +229,18 @@ def installed(log: "BuildLog") -> Iterator[dict[str, Any]]:
 
     record: dict[str, Any] = {"fake_quantize_kernels": "nncf"}
     nncf_cpu = quantize_functions.QuantizedFunctionsCPU
+    t0 = time.perf_counter()
     try:
-        t0 = time.perf_counter()
         dispatch = _Dispatch(nncf_cpu, _compile())
+    except Exception as e:  # a compiler missing or failing: NNCF's kernels still work
+        why_not: str | None = f"compile failed ({_one_line(e)})"
+    else:
         if time.perf_counter() - t0 > 2:
             log(f"compiled the fused fake-quantize kernels in {time.perf_counter() - t0:.0f} s (once per machine)")
-        why_not = agrees_with_nncf(dispatch)
-    except Exception as e:  # a compiler missing or failing: NNCF's kernels still work
-        why_not = f"compile failed ({type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''})"
+        try:
+            why_not = agrees_with_nncf(dispatch)
+        except Exception as e:  # e.g. NNCF's kernels called another way in another version
+            why_not = f"self-check failed ({_one_line(e)})"
     if why_not:
         log(f"fused fake-quantize kernels not used ({why_not}); NNCF's own run")
         record["fused_kernels_not_used"] = why_not
