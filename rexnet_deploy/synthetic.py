@@ -29,8 +29,9 @@ def synthetic_images(n: int, seed: int = 0, sizes: tuple[tuple[int, int], ...] =
             yy, xx = np.mgrid[r0:r1, 0:w].astype(np.float32)
             return np.cos(angle) * xx / w + np.sin(angle) * yy / h
 
-        lo = min(float(gradient(r0, r1).min()) for r0, r1 in strips)
-        span = max(float(gradient(r0, r1).max()) for r0, r1 in strips) - lo
+        extremes = [(float(g.min()), float(g.max())) for g in (gradient(r0, r1) for r0, r1 in strips)]
+        lo = min(e[0] for e in extremes)
+        span = max(e[1] for e in extremes) - lo
         tint = rng.uniform(0, 255, size=3)
         blended = np.empty((h, w, 3), np.uint8)
         for r0, r1 in strips:
