@@ -21,6 +21,14 @@ def test_broadcast_covers_one_range_or_ranges_along_one_dimension():
     assert nncf_fused.broadcast(x, torch.zeros(1, 8, 1, 7)) is None  # two dimensions
     assert nncf_fused.broadcast(x, torch.zeros(8)) is None  # not laid out along x's dimensions
     assert nncf_fused.broadcast(x, torch.zeros(1, 4, 1, 1)) is None  # not x's channel count
+    # channels-last (NHWC) memory: element i belongs to channel i % C
+    nhwc = x.contiguous(memory_format=torch.channels_last)
+    assert nncf_fused.broadcast(nhwc, torch.zeros(1)) == (1, 560)
+    assert nncf_fused.broadcast(nhwc, torch.zeros(1, 8, 1, 1)) == (8, 1)
+    weights = torch.zeros(8, 3, 3, 3).contiguous(memory_format=torch.channels_last)
+    assert nncf_fused.broadcast(weights, torch.zeros(8, 1, 1, 1)) == (8, 27)  # a channel's weights stay together
+    assert nncf_fused.broadcast(x.transpose(2, 3), torch.zeros(1)) is None  # neither layout
+    assert nncf_fused.broadcast(x[..., ::2], torch.zeros(1, 8, 1, 1)) is None  # not dense
 
 
 class _Recorder:
@@ -36,7 +44,9 @@ class _Recorder:
         self.ran.append(("fused", "forward", args[-2:]))
 
     def fq_backward(self, *args):
+        grad, x = args[:2]
         self.ran.append(("fused", "backward", args[-2:]))
+        assert grad.stride() == x.stride() and torch.equal(grad, self.grad)  # laid out as x, same values
         return ("grad_input", "grad_low", "grad_range")
 
 
@@ -45,7 +55,8 @@ def test_dispatch_takes_float32_cpu_layouts_it_covers_and_hands_the_rest_to_nncf
     dispatch = nncf_fused._Dispatch(rec, rec)
     x, per_channel = torch.zeros(2, 8, 5, 7), torch.ones(1, 8, 1, 1)
     dispatch.get("Quantize_forward")(x, per_channel, per_channel, 256)
-    grads = dispatch.get("Quantize_backward")(x, x, torch.ones(1), torch.ones(1), 256, 0, 255, True)
+    rec.grad = torch.randn(2, 8, 5, 7).contiguous(memory_format=torch.channels_last)  # e.g. from an NHWC convolution
+    grads = dispatch.get("Quantize_backward")(rec.grad, x, torch.ones(1), torch.ones(1), 256, 0, 255, True)
     dispatch.get("Quantize_forward")(x.double(), per_channel.double(), per_channel.double(), 256)
     dispatch.get("Quantize_forward")(x, torch.ones(1, 8, 1, 7), torch.ones(1, 8, 1, 7), 256)
     dispatch.get("Quantize_backward")(x.double(), x.double(), torch.ones(1), torch.ones(1), 256, 0, 255, False)
@@ -100,7 +111,8 @@ class _Net(torch.nn.Module):
 
 @pytest.mark.slow
 @pytest.mark.long  # compiles the kernels (~25 s once per machine) and quantizes a network with NNCF
-def test_fused_kernels_give_nncfs_outputs_and_gradients_through_a_quantized_network():
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])  # qad distils the OpenVINO student channels-last
+def test_fused_kernels_give_nncfs_outputs_and_gradients_through_a_quantized_network(layout):
     pytest.importorskip("nncf")
     import shutil
 
@@ -117,6 +129,9 @@ def test_fused_kernels_give_nncfs_outputs_and_gradients_through_a_quantized_netw
     x = torch.randn(16, 3, 24, 24)
     student = nncf.quantize(_Net().eval(), nncf.Dataset([x]), subset_size=1,
                             preset=nncf.QuantizationPreset.MIXED)  # asymmetric activations, as qad's
+    if layout == "channels_last":
+        student.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     params = [p for p in student.parameters() if p.is_floating_point()]
     for p in params:
         p.requires_grad_(True)

@@ -171,6 +171,32 @@ def test_distillation_trains_on_views_of_train_size_and_checks_at_full_size():
     assert record["train_size"] == 32 and record["lr_schedule"] == "constant"
 
 
+def test_channels_last_distillation_trains_nhwc_and_hands_back_nchw_leaving_the_teacher_alone():
+    """``channels_last`` (the OpenVINO student's schedule): the training views and both models' weights
+    are NHWC during the steps; afterwards the student is NCHW again (for the export) and the teacher
+    passed in, the FP32 reference, was never converted (a channels-last copy taught)."""
+    from rexnet_deploy.int8.qad import distill
+
+    class Recorder(_Tiny):
+        layouts: list
+
+        def forward(self, x):
+            nhwc = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+            self.layouts.append((nhwc, self.features[0].weight.is_contiguous(memory_format=torch.channels_last)))
+            return super().forward(x)
+
+    torch.manual_seed(0)
+    teacher, student = Recorder().eval(), Recorder().eval()
+    student.layouts = []
+    Recorder.layouts = []  # the teacher's copy records here
+    record = distill(student, teacher, torch.randn(40, 3, 48, 48),
+                     QadConfig(steps=3, lr=1e-4, batch=8, train_size=32, channels_last=True), BuildLog())
+    assert student.layouts.count((True, True)) == 3  # the three training steps: NHWC views, NHWC weights
+    assert (True, True) in Recorder.layouts  # the teacher's copy saw the same views
+    assert all(p.is_contiguous() for m in (student, teacher) for p in m.parameters())
+    assert record["memory_format"] == "channels_last"
+
+
 def test_openvino_qad_uses_the_nncf_schedule_and_its_step_cap():
     """OpenVINO's ``qad`` is the NNCF schedule (160 px views, warm-up + cosine, 120-step cap); --qad-steps
     replaces the cap (and the early stop's first step with it) only."""
@@ -183,6 +209,7 @@ def test_openvino_qad_uses_the_nncf_schedule_and_its_step_cap():
     cfg = nncf_config(7, activations="mixed")
     assert (cfg.steps, cfg.train_size, cfg.schedule, cfg.warmup, cfg.lr) == (7, 160, "cosine", 10, 1e-4)
     assert (nncf_config().steps, nncf_config().min_steps) == (120, 90)
+    assert nncf_config().channels_last and not QadConfig().channels_last  # the NNCF student distils NHWC
     assert nncf_config(160).min_steps == 120  # the early stop judged over the cosine's last quarter
 
 
@@ -216,6 +243,11 @@ def test_openvino_qad_build_records_recipe_training_and_runs_int8(ov_qad_path):
         assert q["ptq"]["ignored_patterns"] == [".*/se/.*"] and q["ptq"]["images"] == 24
         d = q["distillation"]
         assert d["steps"] == 3 and len(d["loss_curve_every_10_steps"]) == 1 and d["seconds"] > 0
+        assert d["memory_format"] == "channels_last"
+        if "fake_quantize_calls" in d:  # compiled (else fused_kernels_not_used says why): NHWC is covered, all fused
+            assert d["fake_quantize_calls"]["fused"] > 0 and d["fake_quantize_calls"]["nncf"] == 0
+        else:
+            assert d["fused_kernels_not_used"]
         assert q["fake_quantize_ops"] > 50  # the network is quantized, not just its edges
         assert q["ptq"]["preset"] == "mixed" and q["ptq"]["activations"] == "asymmetric"
         check = engine.manifest.reports["check"]
