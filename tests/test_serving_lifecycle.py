@@ -252,7 +252,8 @@ def _client_loop(base: str, body: bytes, stop: threading.Event, records: list) -
 def test_sigterm_under_load_answers_every_request_and_exits_0(artifact, request):
     """16 clients sending back to back; SIGTERM after 1.5 s. Every request sent before the signal
     is answered (200, or 503 when the server read it after the signal), later ones get 503 or a
-    refused/closed connection, and the server exits 0. Prints the time from SIGTERM to exit."""
+    refused/closed connection (200 only while the signal is on its way: none once a refusal came
+    back), and the server exits 0. Prints the time from SIGTERM to exit."""
     path = request.getfixturevalue(artifact)
     proc, base, lines = start(path, "--max-batch", "8", "--log-level", "warning")
     stop, records = threading.Event(), []
@@ -283,7 +284,15 @@ def test_sigterm_under_load_answers_every_request_and_exits_0(artifact, request)
         assert "oneDNN capped at AVX512_CORE_VNNI" in "".join(lines), "".join(lines)[-3000:]
     assert before and set(before) <= {200, 503}, sorted(map(str, set(before)))
     assert 200 in before
-    assert set(after) <= {503, "ConnectError", "RemoteProtocolError", "ReadError", "WriteError"}, set(after)
+    assert set(after) <= {200, 503, "ConnectError", "RemoteProtocolError", "ReadError", "WriteError"}, set(after)
+    # The signal reaches the server's event loop a moment after it is sent (later on a busy machine), and a
+    # request read in that moment is still served. Once the server has refused one (503, or a closed or
+    # refused connection), no request sent after that refusal came back may be served.
+    refused_at = min((t1 for t0, t1, o in records if t0 >= t_signal and o != 200), default=None)
+    assert refused_at is not None, set(after)
+    assert not [o for t0, _, o in records if t0 >= refused_at and o == 200], "served after it had refused one"
+    late = [t0 - t_signal for t0, _, o in records if t0 >= t_signal and o == 200]
+    assert max(late, default=0.0) < 1.0, late  # served only while the signal was on its way
     print(f"\n{artifact}: SIGTERM → exit {exit_s:.2f} s; requests sent before the signal: {len(before)} "
           f"({before.count(200)} × 200, {before.count(503)} × 503); after: "
           f"{sorted((str(k), after.count(k)) for k in set(after))}")
