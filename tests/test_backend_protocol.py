@@ -185,7 +185,7 @@ def test_validate_returns_every_declared_option_with_its_default():
     opts = backends.validate(info, backends.load_module(info, for_build=True),
                              BuildSpec(backend="openvino", precision="int8", device="cpu"), {})
     assert opts == {"recipe": "qad", "preset": "mixed", "subset_size": None, "fast_bias_correction": True,
-                    "max_drop": None, "qad_steps": 120}  # the default: QAD on the NNCF schedule's cap
+                    "max_drop": None, "qad_steps": 110}  # the default: QAD on the NNCF schedule's cap
     opts = backends.validate(info, backends.load_module(info, for_build=True),
                              BuildSpec(backend="openvino", precision="int8", device="cpu"), {"recipe": "rexnet"})
     assert opts["recipe"] == "rexnet" and opts["preset"] == "performance" and opts["qad_steps"] is None

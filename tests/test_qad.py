@@ -198,17 +198,17 @@ def test_channels_last_distillation_trains_nhwc_and_hands_back_nchw_leaving_the_
 
 
 def test_openvino_qad_uses_the_nncf_schedule_and_its_step_cap():
-    """OpenVINO's ``qad`` is the NNCF schedule (160 px views, warm-up + cosine, 120-step cap); --qad-steps
+    """OpenVINO's ``qad`` is the NNCF schedule (batches of 24 at 160 px, warm-up + cosine, 110-step cap); --qad-steps
     replaces the cap (and the early stop's first step with it) only."""
     from rexnet_deploy.backends import openvino_int8
     from rexnet_deploy.int8.qad import NNCF_SCHEDULE, nncf_config
 
     opts = {"subset_size": None, "max_drop": None, "recipe": "qad", "fast_bias_correction": True, "preset": None}
-    assert openvino_int8.validate(dict(opts))["qad_steps"] == NNCF_SCHEDULE["steps"] == 120
+    assert openvino_int8.validate(dict(opts))["qad_steps"] == NNCF_SCHEDULE["steps"] == 110
     assert openvino_int8.validate(dict(opts, qad_steps=7))["qad_steps"] == 7
     cfg = nncf_config(7, activations="mixed")
     assert (cfg.steps, cfg.train_size, cfg.schedule, cfg.warmup, cfg.lr) == (7, 160, "cosine", 10, 1e-4)
-    assert (nncf_config().steps, nncf_config().min_steps) == (120, 90)
+    assert (nncf_config().steps, nncf_config().min_steps, nncf_config().batch) == (110, 82, 24)
     assert nncf_config().channels_last and not QadConfig().channels_last  # the NNCF student distils NHWC
     assert nncf_config(160).min_steps == 120  # the early stop judged over the cosine's last quarter
 
